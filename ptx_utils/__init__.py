@@ -1,0 +1,13 @@
+"""ptx-kit: partial transfer for few-shot image classification.
+
+The notebooks in ``notebooks/`` call this package; every piece of logic lives here so that tests
+can reach it. Sub-modules:
+
+- :mod:`ptx_utils.data` — dataset registry, loaders from local files, decoded-image cache.
+- :mod:`ptx_utils.episodes` — n-way k-shot episodes, deterministic from a seed.
+- :mod:`ptx_utils.runs` — run directories, provenance, atomic writes.
+- :mod:`ptx_utils.viz` — figures saved as PDF and PNG.
+- :mod:`ptx_utils.cli` — the ``ptx`` command.
+"""
+
+__version__ = "0.1.0"

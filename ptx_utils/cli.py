@@ -1,0 +1,117 @@
+"""The ``ptx`` command.
+
+ptx run --preset {smoke,demo,paper} [--dataset NAME] [--backbone NAME] [--run-dir DIR]
+        [-p KEY=VALUE ...]
+ptx data check NAME [--root DIR] [--image-size N] [-o KEY=VALUE ...]
+ptx data list
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ptx_utils.presets import PRESETS
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value); the value is read as JSON when it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptx", description="ptx-kit: partial transfer kit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute notebooks 01->05 with papermill into a run dir")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    run.add_argument("--dataset", help="dataset name (see `ptx data list`)")
+    run.add_argument("--backbone", help="backbone name")
+    run.add_argument("--run-dir", help="a new run dir (default: runs/<preset>-<dataset>-<time>)")
+    run.add_argument("--runs-root", default="runs", help="parent of new run directories")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a notebook parameter (value as JSON)",
+    )
+
+    data = sub.add_parser("data", help="datasets: list, check").add_subparsers(
+        dest="data_command", required=True
+    )
+    data.add_parser("list", help="list the registered datasets")
+    check = data.add_parser("check", help="validate a dataset on disk and summarise it")
+    check.add_argument("name")
+    check.add_argument("--root", help="data root (default: $PTX_DATA_ROOT)")
+    check.add_argument("--image-size", type=int, help="side of the decoded images")
+    check.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        type=parse_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. shift=0.5",
+    )
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ptx_utils.pipeline import PipelineError, run_pipeline
+
+    overrides = dict(args.param)
+    for key in ("dataset", "backbone"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    try:
+        path = run_pipeline(args.preset, overrides, args.run_dir, args.runs_root)
+    except PipelineError as exc:
+        print(f"ptx run: {exc}", file=sys.stderr)
+        return 1
+    print(f"run finished: {path}")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from ptx_utils.data import DataError, check_dataset, format_report, get_dataset_spec
+    from ptx_utils.data import list_datasets as names
+
+    if args.data_command == "list":
+        for name in names():
+            spec = get_dataset_spec(name)
+            print(f"{name:<15}{spec.description}\n{'':<15}splits: {', '.join(spec.splits)}")
+        return 0
+    try:
+        report = check_dataset(
+            args.name, root=args.root, image_size=args.image_size, **dict(args.option)
+        )
+    except DataError as exc:
+        print(f"ptx data check: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ptx`` console script; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return _data(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

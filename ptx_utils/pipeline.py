@@ -1,0 +1,117 @@
+"""``ptx run``: execute the ordered notebooks with papermill into a new run directory.
+
+The run directory ``runs/<name>/`` receives ``params.json`` (parameters + provenance) and each
+executed notebook; the notebooks write their own results and figures under it. An existing run is
+never overwritten. A failing notebook stops the pipeline; its partially executed copy is kept in
+the run directory and the failing cell's error is shown.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ptx_utils.presets import get_preset
+from ptx_utils.runs import atomic_write_json, new_run_dir, provenance, write_params
+
+NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+class PipelineError(RuntimeError):
+    """A notebook of the pipeline failed; the message names it and its error."""
+
+
+def find_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The pipeline's notebooks present in ``notebook_dir``, in order."""
+    if not notebook_dir.is_dir():
+        raise PipelineError(f"notebook folder {notebook_dir} not found; pass --notebooks DIR")
+    found = [p for n in NOTEBOOKS if (p := notebook_dir / f"{n}.ipynb").is_file()]
+    if not found:
+        raise PipelineError(f"no pipeline notebooks ({', '.join(NOTEBOOKS)}) in {notebook_dir}")
+    return found
+
+
+def prepare_run(
+    preset: str,
+    overrides: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+) -> tuple[Path, dict[str, Any]]:
+    """Resolve parameters and create the run directory; return (run_dir, params).
+
+    ``run_dir`` must not exist yet (or be empty); without it a new
+    ``runs/<preset>-<dataset>-<time>`` is created.
+    """
+    params = get_preset(preset)
+    unknown = sorted(set(overrides or {}) - set(params))
+    if unknown:
+        raise PipelineError(
+            f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(params))}"
+        )
+    params.update(overrides or {})
+    params["preset"] = preset
+    if run_dir is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = new_run_dir(runs_root, f"{preset}-{params['dataset']}-{stamp}")
+    else:
+        path = Path(run_dir)
+        if path.exists() and any(path.iterdir()):
+            raise PipelineError(
+                f"run directory {path} already exists and is not empty; nothing was overwritten. "
+                "Choose another --run-dir or leave it out for a new one."
+            )
+        path.mkdir(parents=True, exist_ok=True)
+    params["run_dir"] = str(path.resolve())
+    write_params(path, params, device=params.get("device"))
+    return path, params
+
+
+def execute_notebook(notebook: Path, run_dir: Path, params: Mapping[str, Any]) -> Path:
+    """Run one notebook with papermill into ``run_dir``; raise :class:`PipelineError` on failure."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    output = run_dir / notebook.name
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=dict(params),
+            cwd=str(run_dir),
+            kernel_name="python3",
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        raise PipelineError(
+            f"notebook {notebook.name} failed in cell {exc.exec_count}: {exc.ename}: "
+            f"{exc.evalue}\nThe partly executed notebook is kept at {output}"
+        ) from exc
+    return output
+
+
+def run_pipeline(
+    preset: str,
+    overrides: Mapping[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    runs_root: str | Path = "runs",
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> Path:
+    """Execute notebooks 01 -> 05 (those present) on ``preset`` + ``overrides``; return run dir."""
+    from tqdm.auto import tqdm
+
+    notebooks = find_notebooks(Path(notebook_dir))
+    path, params = prepare_run(preset, overrides, run_dir, runs_root)
+    timings = {}
+    for notebook in tqdm(notebooks, desc=f"ptx run {path.name}", unit="notebook"):
+        start = time.perf_counter()
+        execute_notebook(notebook, path, params)
+        timings[notebook.stem] = round(time.perf_counter() - start, 2)
+    atomic_write_json(
+        path / "timings.json",
+        {"seconds": timings, "provenance": provenance(seed=params.get("seed"))},
+    )
+    return path
