@@ -109,7 +109,7 @@ def provenance(seed: int | None = None, device: str | None = None, **extra: Any)
         "python": platform.python_version(),
         "device": device_description(device),
         "seed": seed,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **extra,
     }
 

@@ -20,6 +20,7 @@ import json
 import re
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,9 @@ def _zip_parts(folder: Path, split: str) -> list[Path]:
 def _warn_missing_parts(parts: list[Path], split: str) -> None:
     letters = [p.stem.rsplit("_", 1)[-1] for p in parts]
     if len(letters) and all(len(x) == 1 and x.isalpha() for x in letters):
-        expected = [chr(c) for c in range(ord("a"), ord(max(letters)) + 1)]
+        # a lone part "a" still means a set split in parts: at least part b is absent
+        last = max(*letters, "b")
+        expected = [chr(c) for c in range(ord("a"), ord(last) + 1)]
         absent = [x for x in expected if x not in letters]
         if absent:
             warnings.warn(
@@ -95,7 +98,11 @@ def _items_from_zips(parts: list[Path], classes: set[str]) -> list[tuple[str, st
             raise DataError(f"cannot open {part}: {exc}; re-copy the zip") from exc
         for entry in names:
             p = Path(entry)
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.parent.name in classes:
+            if (
+                p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.parent.name in classes
+                and not p.name.startswith(".")  # e.g. macOS __MACOSX/.../._x.jpg
+            ):
                 items.append((p.parent.name, p.name, part, entry))
     return items
 
@@ -107,7 +114,12 @@ def _decode_zip_items(
     handles = {part: zipfile.ZipFile(part) for part in dict.fromkeys(p for _, _, p, _ in items)}
     try:
         for i, (_, _, part, entry) in enumerate(tqdm(items, desc=desc, leave=False)):
-            data = handles[part].read(entry)
+            try:
+                data = handles[part].read(entry)
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise DataError(
+                    f"cannot read {entry} from {part}: {exc}; the zip is damaged, re-copy it"
+                ) from exc
             out[i] = decode_image(data, image_size, 3, what=f"{part}:{entry}")
     finally:
         for z in handles.values():

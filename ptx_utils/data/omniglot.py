@@ -83,8 +83,12 @@ def _load_npz_set(folder: Path, set_name: str, rows: list[int]) -> np.ndarray:
             f"cannot read {path}: {exc}. Expected an npz with a bool 'images' "
             "array (n_characters, 20, 105, 105); re-download it."
         ) from exc
-    if images.ndim != 4 or images.shape[1:] != (20, NATIVE_SIZE, NATIVE_SIZE):
-        raise DataError(f"{path}: 'images' has shape {images.shape}, expected (n, 20, 105, 105)")
+    n_rows = sum(1 for _, s, _ in character_table() if s == set_name)
+    if images.dtype != np.bool_ or images.shape != (n_rows, 20, NATIVE_SIZE, NATIVE_SIZE):
+        raise DataError(
+            f"{path}: 'images' is {images.dtype} {images.shape}, expected bool "
+            f"({n_rows}, 20, 105, 105) (one row per {set_name} character); re-download it."
+        )
     return images[rows].astype(np.uint8) * 255
 
 

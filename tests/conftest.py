@@ -1,0 +1,42 @@
+"""Shared fixtures: a private decoded-image cache, small datasets, and the real-data switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptx_utils.data import FewShotDataset, load_dataset
+
+DATA_ROOT = os.environ.get("PTX_DATA_ROOT")
+requires_data_root = pytest.mark.skipif(
+    not DATA_ROOT, reason="PTX_DATA_ROOT is not set: real-data tests need the shared data folder"
+)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Never write the user's ~/.cache during tests (unless PTX_CACHE_DIR says where)."""
+    if "PTX_CACHE_DIR" not in os.environ:
+        os.environ["PTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("ptx-cache"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_test() -> FewShotDataset:
+    """The synthetic novel split at 16x16 with 30 images per class (fast to render)."""
+    return load_dataset("synthetic", "test", image_size=16, images_per_class=30)
+
+
+def make_dataset(counts: list[int], size: int = 8, name: str = "toy") -> FewShotDataset:
+    """A dataset whose class ``c`` has ``counts[c]`` images; pixel value = image index % 256."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    images = (torch.arange(len(labels)) % 256).to(torch.uint8)
+    images = images.view(-1, 1, 1, 1).expand(-1, 1, size, size).contiguous()
+    return FewShotDataset(images, labels, [f"class{c}" for c in range(len(counts))], name, "test")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
