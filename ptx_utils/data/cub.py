@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ptx_utils.data.base import FewShotDataset, packaged_split_file
-from ptx_utils.data.cache import cached_dataset, files_fingerprint
 from ptx_utils.data.errors import DataError
-from ptx_utils.data.folder import class_folders, decode_dataset, gather_files, reject_options
+from ptx_utils.data.folder import class_folders, load_class_folders, reject_options
 from ptx_utils.data.registry import DatasetSpec, missing_data_error, register_dataset
 
 LOADER_VERSION = 1
@@ -125,29 +124,16 @@ def load_cub(
     if not folders:
         raise missing_data_error(SPEC, root, f"no class folders in {images_dir}")
     classes = select_classes([f.name for f in folders], split, images_dir)
-    files, labels = gather_files([images_dir / c for c in classes])
-    key = {
-        "dataset": NAME,
-        "split": split,
-        "image_size": image_size,
-        "version": LOADER_VERSION,
-        "source": files_fingerprint(files),
-    }
-    source = str(images_dir.resolve())
-
-    def build() -> FewShotDataset:
-        return decode_dataset(
-            files,
-            labels,
-            classes,
-            split,
-            name=NAME,
-            image_size=image_size,
-            channels=3,
-            source=source,
-        )
-
-    return cached_dataset(key, build, cache)
+    return load_class_folders(
+        [images_dir / c for c in classes],
+        classes,
+        split,
+        name=NAME,
+        image_size=image_size,
+        channels=3,
+        version=LOADER_VERSION,
+        cache=cache,
+    )
 
 
 SPEC = register_dataset(

@@ -120,24 +120,42 @@ def decode_files(files: Sequence[Path], image_size: int, channels: int, desc: st
     return torch.from_numpy(out)
 
 
-def decode_dataset(
-    files: Sequence[Path],
-    labels: np.ndarray,
-    class_names: list[str],
+def load_class_folders(
+    class_dirs: Sequence[Path],
+    classes: list[str],
     split: str,
     *,
     name: str,
     image_size: int,
     channels: int,
-    source: str,
+    version: int,
+    cache: bool | str | Path,
+    extra_files: Sequence[Path] = (),
 ) -> FewShotDataset:
-    """Decode ``files`` (labels int64 (N,), indices into ``class_names``) into a dataset.
+    """Decode the images of ``class_dirs`` (class ``c`` named ``classes[c]``), through the cache.
+
+    ``extra_files`` (e.g. a split file) join the source fingerprint of the cache key.
 
     Returns:
         images uint8 (N, channels, image_size, image_size), labels int64 (N,).
     """
-    images = decode_files(files, image_size, channels, desc=f"decode {name}/{split}")
-    return FewShotDataset(images, torch.from_numpy(labels), class_names, name, split, source)
+    files, labels = gather_files(class_dirs)
+    key = {
+        "dataset": name,
+        "split": split,
+        "image_size": image_size,
+        "version": version,
+        "channels": channels,
+        "classes": list(classes),
+        "source": files_fingerprint([*files, *extra_files]),
+    }
+    source = str(Path(class_dirs[0]).parent.resolve())
+
+    def build() -> FewShotDataset:
+        images = decode_files(files, image_size, channels, desc=f"decode {name}/{split}")
+        return FewShotDataset(images, torch.from_numpy(labels), list(classes), name, split, source)
+
+    return cached_dataset(key, build, cache)
 
 
 def reject_options(name: str, options: dict[str, Any], allowed: Sequence[str] = ()) -> None:
@@ -273,33 +291,17 @@ def load_folder(
         raise missing_data_error(SPEC, root, "no class sub-folders found")
     split_path = None if split_file is None else _find_split_file(split_file, root)
     classes = _split_classes(split, [f.name for f in folders], split_path)
-    class_dirs = [root / c for c in classes]
-    files, labels = gather_files(class_dirs)
-    fingerprint_files = files + ([split_path] if split_path is not None else [])
-    key = {
-        "dataset": NAME,
-        "split": split,
-        "image_size": image_size,
-        "version": LOADER_VERSION,
-        "channels": channels,
-        "classes": classes,
-        "source": files_fingerprint(fingerprint_files),
-    }
-    source = str(root.resolve())
-
-    def build() -> FewShotDataset:
-        return decode_dataset(
-            files,
-            labels,
-            classes,
-            split,
-            name=NAME,
-            image_size=image_size,
-            channels=channels,
-            source=source,
-        )
-
-    return cached_dataset(key, build, cache)
+    return load_class_folders(
+        [root / c for c in classes],
+        classes,
+        split,
+        name=NAME,
+        image_size=image_size,
+        channels=channels,
+        version=LOADER_VERSION,
+        cache=cache,
+        extra_files=[split_path] if split_path is not None else [],
+    )
 
 
 SPEC = register_dataset(
