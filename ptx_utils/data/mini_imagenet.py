@@ -135,6 +135,13 @@ def _items_from_files(folder: Path, split: str, classes: set[str]) -> list[tuple
         if csv_path.is_file():
             with open(csv_path, newline="") as f:
                 rows = [(r["label"], images_dir / r["filename"]) for r in csv.DictReader(f)]
+            foreign = sorted({wnid for wnid, _ in rows} - classes)
+            if foreign:
+                raise DataError(
+                    f"{csv_path} lists classes outside the Ravi {split} split "
+                    f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); "
+                    f"use the original Ravi {split}.csv"
+                )
             absent = [str(p) for _, p in rows if not p.is_file()]
             if absent:
                 raise DataError(
@@ -172,10 +179,13 @@ def load_mini_imagenet(
         zip_items = sorted(_items_from_zips(parts, wanted))
         found = [wnid for wnid, *_ in zip_items]
         sources: list[Path] = parts
+        fingerprint_files = parts
     else:
         file_items = sorted(_items_from_files(folder, split, wanted))
         found = [wnid for wnid, _ in file_items]
         sources = [p for _, p in file_items]
+        csv_path = folder / f"{split}.csv"
+        fingerprint_files = [*sources, csv_path] if csv_path.is_file() else sources
     missing = sorted(wanted - set(found))
     if missing:
         raise DataError(
@@ -195,7 +205,7 @@ def load_mini_imagenet(
         "split": split,
         "image_size": image_size,
         "version": LOADER_VERSION,
-        "source": files_fingerprint(sources),
+        "source": files_fingerprint(fingerprint_files),
     }
 
     def build() -> FewShotDataset:
