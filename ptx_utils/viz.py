@@ -19,6 +19,14 @@ from ptx_utils.episodes import Episodes
 from ptx_utils.runs import atomic_open
 
 
+def short_label(name: str, width: int = 24) -> str:
+    """``name`` shortened in the middle to at most ``width`` characters (for tick labels)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return f"{name[:head]}…{name[-(width - 1 - head) :]}"
+
+
 def save_figure(fig: Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
     """Save ``fig`` as ``stem.pdf`` and ``stem.png`` (atomic writes); return both paths."""
     stem = Path(stem)
@@ -57,7 +65,7 @@ def class_grid(
     ax.imshow(image_grid(images, per_class), interpolation="nearest")
     ax.set_yticks(
         [(r + 0.5) * (dataset.image_size + 1) for r in range(n_classes)],
-        [dataset.class_names[c][-24:] for c in range(n_classes)],
+        [short_label(dataset.class_names[c]) for c in range(n_classes)],
         fontsize=7,
     )
     ax.set_xticks([])
@@ -111,7 +119,7 @@ def episode_figure(
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    labels = [dataset.class_names[c][-18:] for c in episodes.classes[index]]
+    labels = [short_label(dataset.class_names[c]) for c in episodes.classes[index]]
     ax_s.set_yticks(
         [(r + 0.5) * (dataset.image_size + 1) for r in range(n_way)], labels, fontsize=7
     )
