@@ -5,6 +5,10 @@ can reach it. Sub-modules:
 
 - :mod:`ptx_utils.data` — dataset registry, loaders from local files, decoded-image cache.
 - :mod:`ptx_utils.episodes` — n-way k-shot episodes, deterministic from a seed.
+- :mod:`ptx_utils.models` — backbones with ordered layers (registry by name) and heads.
+- :mod:`ptx_utils.pretrain` — Baseline / Baseline++ / ProtoNet pre-training, resumable.
+- :mod:`ptx_utils.checkpoint` — checkpoints (weights + metadata), read with weights_only=True.
+- :mod:`ptx_utils.features` — frozen features and nearest-centroid accuracy on episodes.
 - :mod:`ptx_utils.runs` — run directories, provenance, atomic writes.
 - :mod:`ptx_utils.viz` — figures saved as PDF and PNG.
 - :mod:`ptx_utils.cli` — the ``ptx`` command.

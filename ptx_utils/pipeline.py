@@ -52,7 +52,9 @@ def prepare_run(
         raise PipelineError(
             f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(params))}"
         )
-    params.update(overrides or {})
+    for key, value in (overrides or {}).items():  # a dict override merges into a dict entry
+        both_dicts = isinstance(value, dict) and isinstance(params[key], dict)
+        params[key] = {**params[key], **value} if both_dicts else value
     params["preset"] = preset
     if run_dir is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -26,11 +26,29 @@ _COMMON: dict[str, Any] = {
     "novel_split": "test",
 }
 
+# Pre-training settings per preset: keys of ptx_utils.pretrain.PretrainConfig. The notebooks merge
+# the notebook parameter ``pretrain`` (a dict of overrides) over these.
+_PRETRAIN: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "method": "baseline++",
+        "epochs": 2,
+        "epoch_images": 3200,
+        "batch_size": 64,
+        "val_episodes": 20,
+    },
+    "demo": {"method": "baseline++", "epochs": 10, "batch_size": 64, "val_episodes": 50},
+    # CloserLook / P-Transfer: 400 epochs, batch 16, Adam 1e-3. ProtoNet: 100 episodes an epoch,
+    # 600 epochs (60k episodes) for 1-shot and 400 (40k) for 5-shot.
+    "paper": {"method": "baseline++", "epochs": 400, "batch_size": 16, "val_episodes": 100},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {**_COMMON, "n_query": 5, "n_val_episodes": 4, "n_test_episodes": 20},
     "demo": {**_COMMON, "n_val_episodes": 20, "n_test_episodes": 200},
     "paper": {**_COMMON, "n_val_episodes": 20, "n_test_episodes": 600},
 }
+for _name, _preset in PRESETS.items():
+    _preset["pretrain"] = _PRETRAIN[_name]
 
 
 def get_preset(name: str) -> dict[str, Any]:

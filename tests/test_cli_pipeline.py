@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -84,9 +85,15 @@ def test_smoke_run_writes_notebooks_params_and_figures(tmp_path: Path) -> None:
         nb = nbformat.read(path, as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
         assert outputs and not [o for o in outputs if o.output_type == "error"]
-    for stem in ("synthetic_shift_grid", "01_base_classes", "01_episode"):
+    for stem in ("synthetic_shift_grid", "01_base_classes", "01_episode", "01_pretrain_curves"):
         for ext in ("pdf", "png"):
             assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+    for name in ("best.pt", "last.pt", "curves.csv", "nearest_centroid_test.csv"):
+        assert (run_dir / "pretrain" / name).is_file(), name
+    with open(run_dir / "pretrain" / "nearest_centroid_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["k_shot"]) for r in rows] == [1, 5]
+    assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 20 for r in rows)
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     assert summary["datasets"]["base"]["classes"] == 64
     assert {r["k_shot"] for r in summary["episodes"]} == {1, 5}

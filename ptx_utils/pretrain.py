@@ -1,0 +1,351 @@
+"""Pre-training on base classes: Baseline, Baseline++ (Chen et al. 2019), ProtoNet (Snell et al.).
+
+One loop serves the three methods; they differ only in how a step makes its loss:
+
+- ``baseline``: cross-entropy over all base classes with a linear head;
+- ``baseline++``: the same with a cosine head (:class:`~ptx_utils.models.CosineHead`);
+- ``protonet``: episodic; queries are classified by distance to support centroids.
+
+After every epoch the backbone is scored by nearest-centroid accuracy on fixed validation episodes;
+the best epoch is kept as ``best.pt`` and every epoch as ``last.pt`` (atomically). A run that is
+interrupted resumes from ``last.pt`` — weights, optimiser, random-generator state and history — and
+ends with exactly the weights an uninterrupted run would have (on CPU, same seed). ``curves.csv``
+and ``curves.pdf/.png`` show loss and accuracies per epoch.
+
+Speed: on CUDA the uint8 split is held on the GPU when it fits, augmentation runs there in batches,
+and the backbone runs channels-last under bfloat16 autocast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ptx_utils.augment import Augmentation, augment, normalize
+from ptx_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptx_utils.data.base import FewShotDataset
+from ptx_utils.device import autocast, resolve_device
+from ptx_utils.episodes import sample_episodes
+from ptx_utils.features import centroid_logits, nearest_centroid_accuracy
+from ptx_utils.models import Backbone, create_backbone, create_head
+from ptx_utils.runs import atomic_save, provenance
+from ptx_utils.stats import mean_ci95
+
+METHODS = ("baseline", "baseline++", "protonet")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pre-training run (saved in the checkpoint).
+
+    Attributes:
+        method: ``baseline``, ``baseline++`` or ``protonet``.
+        backbone / granularity: passed to :func:`~ptx_utils.models.create_backbone`.
+        epochs: number of epochs; ``epoch_images`` caps the images per epoch (None: the split).
+        batch_size, lr, weight_decay: Adam on backbone and head.
+        crop, flip, jitter: training augmentation (see :class:`~ptx_utils.augment.Augmentation`).
+        train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's training episodes.
+        val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
+            the nearest-centroid metric that scores each epoch.
+        seed: the one seed of the run (initialisation, batch order, augmentation, episodes).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``; amp / channels_last apply on CUDA only.
+    """
+
+    method: str = "baseline++"
+    backbone: str = "conv4"
+    granularity: str = "block"
+    epochs: int = 400
+    epoch_images: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    crop: bool = True
+    flip: bool = True
+    jitter: float = 0.4
+    train_way: int = 5
+    train_shot: int = 5
+    train_query: int = 16
+    episodes_per_epoch: int = 100
+    val_way: int = 5
+    val_shot: int = 5
+    val_query: int = 15
+    val_episodes: int = 100
+    val_metric: str = "euclidean"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        """Build from a dict, refusing unknown keys with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown pre-training parameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+
+@dataclass
+class PretrainResult:
+    """Where the run wrote its files, and its per-epoch history."""
+
+    out_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = float("nan")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+class _Trainer:
+    """State of one run: model, head, optimiser, generator; one method per step kind."""
+
+    def __init__(self, cfg: PretrainConfig, train: FewShotDataset) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        kind = {"baseline": "linear", "baseline++": "cosine", "protonet": None}[cfg.method]
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights; global state untouched
+            torch.manual_seed(cfg.seed)
+            self.backbone: Backbone = create_backbone(
+                cfg.backbone,
+                in_channels=train.channels,
+                image_size=train.image_size,
+                **({"granularity": cfg.granularity} if cfg.backbone.startswith("resnet") else {}),
+            )
+            self.head = (
+                create_head(kind, self.backbone.out_dim, train.num_classes) if kind else None
+            )
+        self.backbone.to(self.device)
+        if self.cuda and cfg.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if self.head is not None:
+            self.head.to(self.device)
+        params = list(self.backbone.parameters())
+        params += list(self.head.parameters()) if self.head is not None else []
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug = Augmentation(crop=cfg.crop, flip=cfg.flip, jitter=cfg.jitter)
+        self.images = train.images
+        if self.cuda:  # keep the uint8 split on the GPU when it fits in a third of free memory
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if train.images.numel() < free // 3:
+                self.images = train.images.to(self.device)
+        self.labels = train.labels.to(self.images.device)
+        self.train = train
+
+    def _input(self, idx: torch.Tensor) -> torch.Tensor:
+        images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
+        x = augment(images, self.aug, self.gen) if self.aug.enabled else normalize(images)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def classification_epoch(self) -> tuple[float, float]:
+        """One pass of cross-entropy over the base classes; return (mean loss, accuracy)."""
+        n = len(self.train)
+        order = torch.randperm(n, generator=self.gen)[: self.cfg.epoch_images or n]
+        total_loss, correct = 0.0, 0
+        batches = range(0, len(order), self.cfg.batch_size)
+        for start in tqdm(batches, desc="batches", leave=False):
+            idx = order[start : start + self.cfg.batch_size]
+            y = self.labels[idx.to(self.labels.device)].to(self.device)
+            with autocast(self.device, self.cfg.amp):
+                logits = self.head(self.backbone(self._input(idx)))
+                loss = F.cross_entropy(logits.float(), y)
+            self._step(loss)
+            total_loss += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        return total_loss / len(order), correct / len(order)
+
+    def protonet_epoch(self, epoch: int) -> tuple[float, float]:
+        """``episodes_per_epoch`` ProtoNet episodes; return (mean loss, query accuracy)."""
+        c = self.cfg
+        episodes = sample_episodes(
+            self.train,
+            c.train_way,
+            c.train_shot,
+            c.train_query,
+            c.episodes_per_epoch,
+            seed=c.seed * 100_003 + epoch,
+        )
+        truth = torch.arange(c.train_way, device=self.device).repeat_interleave(c.train_query)
+        total_loss, correct = 0.0, 0
+        for i in tqdm(range(len(episodes)), desc="episodes", leave=False):
+            idx = torch.from_numpy(
+                np.concatenate([episodes.support[i].ravel(), episodes.query[i].ravel()])
+            )
+            with autocast(self.device, c.amp):
+                feats = self.backbone(self._input(idx)).float()
+            support = feats[: c.train_way * c.train_shot].reshape(1, c.train_way, c.train_shot, -1)
+            logits = centroid_logits(support, feats[None, c.train_way * c.train_shot :])[0]
+            loss = F.cross_entropy(logits, truth)
+            self._step(loss)
+            total_loss += loss.item()
+            correct += int((logits.argmax(1) == truth).sum())
+        return total_loss / len(episodes), correct / (len(episodes) * len(truth))
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.state_dict(),
+            "head": self.head.state_dict() if self.head is not None else {},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.gen.get_state(),
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.backbone.load_state_dict(ckpt["backbone"])
+        if self.head is not None:
+            self.head.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["rng"])
+
+
+def _meta(
+    cfg: PretrainConfig, trainer: _Trainer, train: FewShotDataset, val: FewShotDataset
+) -> dict[str, Any]:
+    return {
+        "backbone": trainer.backbone.config(),
+        "layers": trainer.backbone.layer_names(),
+        "out_dim": trainer.backbone.out_dim,
+        "method": cfg.method,
+        "config": asdict(cfg),
+        "dataset": {
+            "name": train.name,
+            "split": train.split,
+            "val_split": val.split,
+            "image_size": train.image_size,
+            "channels": train.channels,
+            "classes": train.class_names,
+            "fingerprint": train.fingerprint(),
+        },
+        "provenance": provenance(seed=cfg.seed, device=str(trainer.device)),
+    }
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a config that must match to resume (the epoch count may grow)."""
+    return {k: v for k, v in config.items() if k not in ("epochs", "device")}
+
+
+def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
+    """``curves.csv`` (one row per epoch) and ``curves.pdf/.png`` (loss; train and val accuracy)."""
+    from ptx_utils.viz import curves_figure, save_figure
+
+    if not history:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_save(out_dir / "curves.csv", lambda f: f.write(buffer.getvalue().encode()))
+    fig = curves_figure(history)
+    save_figure(fig, out_dir / "curves")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    train: FewShotDataset,
+    val: FewShotDataset,
+    out_dir: str | Path,
+    until_epoch: int | None = None,
+) -> PretrainResult:
+    """Pre-train a backbone on ``train``, scoring each epoch on fixed episodes of ``val``.
+
+    Resumes from ``out_dir/last.pt`` when it exists (same config, except the epoch count).
+    ``until_epoch`` stops after that epoch (state saved), e.g. to split a run into short jobs.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = _Trainer(cfg, train)
+    val_episodes = sample_episodes(
+        val, cfg.val_way, cfg.val_shot, cfg.val_query, cfg.val_episodes, seed=cfg.seed
+    )
+    meta = _meta(cfg, trainer, train, val)
+    result = PretrainResult(out_dir)
+    start_epoch = 0
+    if (out_dir / "last.pt").exists():
+        ckpt = load_checkpoint(out_dir / "last.pt")
+        if _comparable(ckpt["meta"]["config"]) != _comparable(asdict(cfg)):
+            raise CheckpointError(
+                f"{out_dir / 'last.pt'} belongs to a run with another configuration; resume with "
+                "the same parameters (only epochs may change) or use a new output folder"
+            )
+        trainer.load_state(ckpt)
+        start_epoch = int(ckpt["epoch"])
+        result.history = list(ckpt["history"])
+        result.best_val, result.best_epoch = float(ckpt["best_val"]), int(ckpt["best_epoch"])
+    stop = min(cfg.epochs, until_epoch or cfg.epochs)
+    progress = tqdm(
+        range(start_epoch, stop),
+        desc=f"pre-train {cfg.method}",
+        unit="epoch",
+        initial=start_epoch,
+        total=cfg.epochs,
+    )
+    for epoch in progress:
+        tic = time.perf_counter()
+        trainer.backbone.train()
+        if cfg.method == "protonet":
+            loss, train_acc = trainer.protonet_epoch(epoch)
+        else:
+            loss, train_acc = trainer.classification_epoch()
+        acc = nearest_centroid_accuracy(
+            trainer.backbone, val, val_episodes, trainer.device, cfg.val_metric
+        )
+        val_acc, val_ci = mean_ci95(acc)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss,
+            "train_acc": train_acc,
+            "val_acc": val_acc,
+            "val_ci95": val_ci,
+            "seconds": round(time.perf_counter() - tic, 3),
+        }
+        result.history.append(row)
+        payload = {**trainer.state(), "meta": meta, "epoch": epoch + 1, "history": result.history}
+        if result.best_epoch == 0 or val_acc > result.best_val:
+            result.best_val, result.best_epoch = val_acc, epoch + 1
+            save_checkpoint(
+                out_dir / "best.pt", {**payload, "best_val": val_acc, "best_epoch": epoch + 1}
+            )
+        save_checkpoint(
+            out_dir / "last.pt",
+            {**payload, "best_val": result.best_val, "best_epoch": result.best_epoch},
+        )
+        write_curves(result.history, out_dir)
+        progress.set_postfix(loss=f"{loss:.3f}", train=f"{train_acc:.3f}", val=f"{val_acc:.3f}")
+    return result

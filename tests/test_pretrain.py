@@ -1,0 +1,128 @@
+"""Pre-training: every method runs, resume equals uninterrupted, checkpoints refuse mismatches."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptx_utils.checkpoint import CheckpointError, load_backbone, load_checkpoint
+from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.episodes import sample_episodes
+from ptx_utils.features import nearest_centroid_accuracy
+from ptx_utils.models import create_backbone
+from ptx_utils.presets import get_preset
+from ptx_utils.pretrain import PretrainConfig, pretrain
+
+TINY = {"image_size": 16, "images_per_class": 20, "classes": (10, 5, 5)}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[FewShotDataset, FewShotDataset]:
+    return load_dataset("synthetic", "train", **TINY), load_dataset("synthetic", "val", **TINY)
+
+
+def _cfg(**kw: object) -> PretrainConfig:
+    base = {
+        "epochs": 3,
+        "epoch_images": 64,
+        "batch_size": 16,
+        "val_episodes": 4,
+        "val_shot": 1,
+        "val_query": 5,
+        "device": "cpu",
+        "seed": 5,
+    }
+    return PretrainConfig.from_dict({**base, **kw})
+
+
+@pytest.mark.parametrize("method", ["baseline", "baseline++", "protonet"])
+def test_each_method_trains_and_writes_its_files(
+    method: str, tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    cfg = _cfg(method=method, epochs=2, episodes_per_epoch=3, train_shot=1, train_query=3)
+    result = pretrain(cfg, *tiny, tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for name in ("best.pt", "last.pt", "curves.csv", "curves.pdf", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    with open(tmp_path / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0 <= float(r["val_acc"]) <= 1 and float(r["train_loss"]) > 0 for r in rows)
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["epoch"] == result.best_epoch and ckpt["meta"]["method"] == method
+    assert ckpt["meta"]["layers"] == ["block1", "block2", "block3", "block4"]
+    assert ckpt["meta"]["dataset"]["classes"] == tiny[0].class_names
+
+
+def test_resume_equals_uninterrupted(
+    tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    cfg = _cfg()
+    straight = pretrain(cfg, *tiny, tmp_path / "straight")
+    pretrain(cfg, *tiny, tmp_path / "resumed", until_epoch=2)  # "interrupted" after epoch 2
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 2
+    resumed = pretrain(cfg, *tiny, tmp_path / "resumed")
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    for part in ("backbone", "head"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in straight.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
+    assert torch.equal(a["rng"], b["rng"])
+
+
+def test_resume_refuses_another_configuration(
+    tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    pretrain(_cfg(epochs=1), *tiny, tmp_path)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        pretrain(_cfg(epochs=2, lr=0.01), *tiny, tmp_path)
+
+
+def test_checkpoint_refuses_other_backbone_or_size(
+    tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    pretrain(_cfg(epochs=1), *tiny, tmp_path)
+    model, meta = load_backbone(tmp_path / "best.pt", backbone="conv4", image_size=16)
+    assert meta["backbone"]["name"] == "conv4" and model.image_size == 16
+    with pytest.raises(CheckpointError, match=r"trained with name=conv4.*name=conv6"):
+        load_backbone(tmp_path / "best.pt", backbone="conv6")
+    with pytest.raises(CheckpointError, match=r"image_size=16.*image_size=84"):
+        load_backbone(tmp_path / "best.pt", image_size=84)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="run the pre-training step"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_unknown_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown pre-training parameter.*epoch_count"):
+        PretrainConfig.from_dict({"epoch_count": 3})
+    with pytest.raises(ValueError, match="unknown method 'maml'"):
+        PretrainConfig(method="maml")
+
+
+def test_smoke_preset_learns_beyond_chance_and_beyond_its_initialisation(tmp_path: Path) -> None:
+    """Smoke preset on the synthetic default, 5-way 5-shot nearest centroid (chance 0.2).
+
+    Measured on this kit's CPU: untrained Conv4 0.68, after the smoke pre-training 0.93.
+    """
+    train = load_dataset("synthetic", "train")
+    val = load_dataset("synthetic", "val")
+    cfg = PretrainConfig.from_dict({**get_preset("smoke")["pretrain"], "device": "cpu"})
+    cfg = replace(cfg, val_episodes=50, val_query=15)
+    episodes = sample_episodes(val, 5, 5, 15, 50, seed=cfg.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        untrained = create_backbone("conv4", in_channels=3, image_size=32)
+    before = nearest_centroid_accuracy(untrained, val, episodes, torch.device("cpu")).mean()
+    result = pretrain(cfg, train, val, tmp_path)
+    assert result.best_val > 0.2 + 0.5, result.history
+    assert result.best_val > before + 0.1, (before, result.history)
