@@ -59,17 +59,27 @@ def main() -> None:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        novel = load_dataset(args.dataset, args.novel_split, root=args.root,
-                             image_size=meta["dataset"]["image_size"])
-    cfg = FinetuneConfig(passes=args.passes, head="cosine" if meta["method"] == "baseline++"
-                         else "linear")
+        novel = load_dataset(
+            args.dataset, args.novel_split, root=args.root, image_size=meta["dataset"]["image_size"]
+        )
+    cfg = FinetuneConfig(
+        passes=args.passes, head="cosine" if meta["method"] == "baseline++" else "linear"
+    )
     out_dir = Path(args.out_dir)
     summary: dict[str, object] = {}
     for shot in args.shots:
         episodes = sample_episodes(novel, 5, shot, 15, args.episodes, seed=args.seed)
         tic = time.perf_counter()
-        rows = evaluate_strategies(backbone, strategies, novel, episodes, cfg, seed=args.seed,
-                                   engine=args.engine, device=device)
+        rows = evaluate_strategies(
+            backbone,
+            strategies,
+            novel,
+            episodes,
+            cfg,
+            seed=args.seed,
+            engine=args.engine,
+            device=device,
+        )
         seconds = time.perf_counter() - tic
         name = f"5way_{shot}shot"
         write_results(out_dir, rows, name=name, reference="linear probe")
@@ -78,23 +88,27 @@ def main() -> None:
             "episodes_digest": episodes.digest(),
             "summary": summary_table(rows).reset_index().to_dict(orient="records"),
             "paired_vs_linear_probe": paired_table(rows, "linear probe")
-            .reset_index().to_dict(orient="records"),
+            .reset_index()
+            .to_dict(orient="records"),
         }
         print(json.dumps(summary[name], indent=1, default=str))
-    atomic_write_json(out_dir / "summary.json", {
-        "benchmark": "fixed strategies on identical episodes",
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-        "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
-        "checkpoint_meta": {
-            "backbone": meta["backbone"],
-            "method": meta["method"],
-            "dataset": {k: v for k, v in meta["dataset"].items() if k != "classes"},
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "benchmark": "fixed strategies on identical episodes",
+            "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+            "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
+            "checkpoint_meta": {
+                "backbone": meta["backbone"],
+                "method": meta["method"],
+                "dataset": {k: v for k, v in meta["dataset"].items() if k != "classes"},
+            },
+            "finetune": cfg.__dict__,
+            "strategies": {k: str(v) for k, v in strategies.items()},
+            "results": summary,
+            "provenance": provenance(seed=args.seed, device=str(device)),
         },
-        "finetune": cfg.__dict__,
-        "strategies": {k: str(v) for k, v in strategies.items()},
-        "results": summary,
-        "provenance": provenance(seed=args.seed, device=str(device)),
-    })
+    )
 
 
 if __name__ == "__main__":

@@ -206,5 +206,6 @@ def finetune_sequential(
     model.eval()
     with torch.no_grad():
         logits = head(model(normalize(query_images.to(device)))).float()
-    diverged = not bool(torch.isfinite(logits).all())
-    return FinetuneResult(logits, diverged)
+    if not bool(torch.isfinite(logits).all()):
+        return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
+    return FinetuneResult(logits, diverged=False)
