@@ -9,6 +9,9 @@ can reach it. Sub-modules:
 - :mod:`ptx_utils.pretrain` — Baseline / Baseline++ / ProtoNet pre-training, resumable.
 - :mod:`ptx_utils.checkpoint` — checkpoints (weights + metadata), read with weights_only=True.
 - :mod:`ptx_utils.features` — frozen features and nearest-centroid accuracy on episodes.
+- :mod:`ptx_utils.schemes` — per-layer learning-rate schemes and the named fixed strategies.
+- :mod:`ptx_utils.finetune`, :mod:`ptx_utils.finetune_batched` — reference and batched engine.
+- :mod:`ptx_utils.evaluate`, :mod:`ptx_utils.stats` — strategies x episodes, CIs, paired tests.
 - :mod:`ptx_utils.runs` — run directories, provenance, atomic writes.
 - :mod:`ptx_utils.viz` — figures saved as PDF and PNG.
 - :mod:`ptx_utils.cli` — the ``ptx`` command.
