@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Never write the user's ~/.cache during tests (unless PTX_CACHE_DIR says where)."""
     if "PTX_CACHE_DIR" not in os.environ:
         os.environ["PTX_CACHE_DIR"] = str(tmp_path_factory.mktemp("ptx-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): its batches
+    are tiny, and on a 2-core machine shared with another busy process torch's multi-threaded
+    kernels wait for a core on every call, many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

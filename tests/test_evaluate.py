@@ -29,14 +29,7 @@ from ptx_utils.stats import (
     summarize,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> None:
-    """The test machine has two busy cores; keep torch to one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- statistics -----------------------------------------------------------------------------

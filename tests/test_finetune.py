@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,13 +13,7 @@ from ptx_utils.finetune import FinetuneConfig, finetune_sequential, replica_plan
 from ptx_utils.models import Backbone, create_backbone
 from ptx_utils.schemes import Scheme, bn_affine, full_finetune, linear_probe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
