@@ -333,10 +333,9 @@ def finetune_batched(
         return BatchedResult(logits, diverged)
 
     stages = engine.runner.stages
-    use_prefix = frozen_prefix
     groups: dict[int, list[int]] = {}
     for i in range(n_rep):
-        k = frozen_stages(stages, engine.layer_lrs[i]) if use_prefix else 0
+        k = frozen_stages(stages, engine.layer_lrs[i]) if frozen_prefix else 0
         groups.setdefault(k, []).append(i)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")

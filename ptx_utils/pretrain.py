@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from ptx_utils.features import centroid_logits, nearest_centroid_accuracy
 from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.runs import atomic_save, provenance
 from ptx_utils.stats import mean_ci95
+from ptx_utils.viz import curves_figure, save_figure
 
 METHODS = ("baseline", "baseline++", "protonet")
 
@@ -260,8 +262,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     """``curves.csv`` (one row per epoch) and ``curves.pdf/.png`` (loss; train and val accuracy)."""
-    from ptx_utils.viz import curves_figure, save_figure
-
     if not history:
         return
     buffer = io.StringIO()
@@ -271,8 +271,6 @@ def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     atomic_save(out_dir / "curves.csv", lambda f: f.write(buffer.getvalue().encode()))
     fig = curves_figure(history)
     save_figure(fig, out_dir / "curves")
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
 
 
