@@ -8,6 +8,7 @@ dataset, image size, classes, parameters, provenance), and for resuming ``optimi
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,14 @@ def load_backbone(
     model = create_backbone(**config)
     model.load_state_dict(ckpt["backbone"])
     return model, meta
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, dtypes, shapes, values): equal digests mean
+    identical weights and buffers, whatever device they are on."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -153,35 +153,128 @@ def evaluate_strategies(
     _check_strategies(backbone, strategies)
     if episodes.n_query < 1:
         raise ValueError("evaluation needs query images; sample episodes with n_query >= 1")
+    model, tensors = place_episodes(backbone, dataset, episodes, device)
+    n_way, n_episodes = episodes.n_way, len(episodes)
+    names = list(strategies)
+    plan = [(name, e) for name in names for e in range(n_episodes)]
+    seeds = [replica_seed(seed, e) for _, e in plan]
+
+    accuracy, diverged = replica_accuracies(
+        model,
+        [strategies[name] for name, _ in plan],
+        [e for _, e in plan],
+        seeds,
+        tensors,
+        n_way,
+        cfg,
+        engine=engine,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+
+    rows = pd.DataFrame(
+        {
+            "strategy": [name for name, _ in plan],
+            "scheme": [str(strategies[name]) for name, _ in plan],
+            "episode": np.array([e for _, e in plan], dtype=np.int64),
+            "n_way": n_way,
+            "k_shot": episodes.k_shot,
+            "n_query": episodes.n_query,
+            "accuracy": accuracy,
+            "diverged": diverged,
+            "seed": np.array(seeds, dtype=np.int64),
+        },
+        columns=list(ROW_COLUMNS),
+    )
+    rows.attrs.update(
+        {
+            "engine": engine,
+            "device": str(tensors[0].device),
+            "seed": int(seed),
+            "episodes_digest": episodes.digest(),
+            "episodes_seed": episodes.seed,
+            "dataset": f"{dataset.name}/{dataset.split}",
+            "dataset_fingerprint": episodes.dataset_fingerprint,
+            "finetune_config": asdict(cfg),
+            "strategies": {name: scheme.to_dict() for name, scheme in strategies.items()},
+        }
+    )
+    return rows
+
+
+EpisodeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def place_episodes(
+    backbone: Backbone,
+    dataset: FewShotDataset,
+    episodes: Episodes,
+    device: str | torch.device = "auto",
+) -> tuple[Backbone, EpisodeTensors]:
+    """The backbone (copied only if it must move) and the episodes' tensors on ``device``.
+
+    Returns:
+        (model, (support_images uint8 (E, N, C, H, W), support_labels int64 (E, N),
+        query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q))).
+    """
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     model = backbone
     if next(backbone.parameters()).device != dev:
         model = copy.deepcopy(backbone).to(dev)
-
     batch = episodes.tensors(dataset)
-    support_images = batch.support_images.to(dev)
-    support_labels = batch.support_labels.to(dev)
-    query_images = batch.query_images.to(dev)
-    query_labels = batch.query_labels.to(dev)
-    n_way, n_episodes = episodes.n_way, len(episodes)
-    names = list(strategies)
-    plan = [(name, e) for name in names for e in range(n_episodes)]
-    seeds = [replica_seed(seed, e) for _, e in plan]
+    tensors = (
+        batch.support_images.to(dev),
+        batch.support_labels.to(dev),
+        batch.query_images.to(dev),
+        batch.query_labels.to(dev),
+    )
+    return model, tensors
 
+
+def replica_accuracies(
+    model: Backbone,
+    schemes: Sequence[Scheme],
+    episode_index: Sequence[int],
+    seeds: Sequence[int],
+    episode_tensors: EpisodeTensors,
+    n_way: int,
+    cfg: FinetuneConfig,
+    engine: str = "batched",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    desc: str = "fine-tuning",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-tune replica i = (``schemes[i]``, episode ``episode_index[i]``, ``seeds[i]``); score it.
+
+    Args:
+        model: the backbone, already on the device of ``episode_tensors``.
+        episode_tensors: stacked episodes (support_images uint8 (E, N, C, H, W), support_labels
+            int64 (E, N), query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q)).
+        engine: ``"sequential"`` (the reference, one replica at a time) or ``"batched"``.
+
+    Returns:
+        accuracy float64 (R,): fraction of the replica's queries right, NaN when it diverged;
+        diverged bool (R,): the engine said so or a logit is not finite.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    support_images, support_labels, query_images, query_labels = episode_tensors
+    dev = query_labels.device
     if engine == "sequential":
         from tqdm.auto import tqdm
 
         logits_list, diverged_list = [], []
-        for (name, e), s in zip(
-            tqdm(plan, desc="fine-tuning", unit="replica", disable=not progress),
+        for scheme, e, s in zip(
+            tqdm(schemes, desc=desc, unit="replica", disable=not progress),
+            episode_index,
             seeds,
             strict=True,
         ):
             result = finetune_sequential(
                 model,
-                strategies[name],
+                scheme,
                 support_images[e],
                 support_labels[e],
                 query_images[e],
@@ -191,14 +284,18 @@ def evaluate_strategies(
             )
             logits_list.append(result.logits.to(dev))
             diverged_list.append(result.diverged)
-        logits = torch.stack(logits_list)
+        logits = (
+            torch.stack(logits_list)
+            if logits_list
+            else torch.empty(0, query_images.shape[1], n_way, device=dev)
+        )
         diverged = torch.tensor(diverged_list, dtype=torch.bool, device=dev)
     else:
         from ptx_utils.finetune_batched import Replica, finetune_batched
 
         replicas = [
-            Replica(scheme=strategies[name], episode=e, seed=s)
-            for (name, e), s in zip(plan, seeds, strict=True)
+            Replica(scheme=scheme, episode=e, seed=s)
+            for scheme, e, s in zip(schemes, episode_index, seeds, strict=True)
         ]
         result = finetune_batched(
             model,
@@ -210,45 +307,18 @@ def evaluate_strategies(
             cfg,
             chunk_size=chunk_size,
             progress=progress,
+            desc=desc,
         )
         logits = result.logits.to(dev)
         diverged = torch.as_tensor(result.diverged, dtype=torch.bool, device=dev)
 
     # Non-finite logits count as diverged whatever the engine said.
     diverged = diverged | ~torch.isfinite(logits).flatten(1).all(1)
-    episode_index = torch.tensor([e for _, e in plan], device=dev)
-    correct = logits.argmax(-1) == query_labels[episode_index]
+    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=dev)
+    correct = logits.argmax(-1) == query_labels[index]
     accuracy = correct.double().mean(-1)
     accuracy = torch.where(diverged, torch.full_like(accuracy, math.nan), accuracy)
-
-    rows = pd.DataFrame(
-        {
-            "strategy": [name for name, _ in plan],
-            "scheme": [str(strategies[name]) for name, _ in plan],
-            "episode": np.array([e for _, e in plan], dtype=np.int64),
-            "n_way": n_way,
-            "k_shot": episodes.k_shot,
-            "n_query": episodes.n_query,
-            "accuracy": accuracy.cpu().numpy().astype(np.float64),
-            "diverged": diverged.cpu().numpy().astype(bool),
-            "seed": np.array(seeds, dtype=np.int64),
-        },
-        columns=list(ROW_COLUMNS),
-    )
-    rows.attrs.update(
-        {
-            "engine": engine,
-            "device": str(dev),
-            "seed": int(seed),
-            "episodes_digest": episodes.digest(),
-            "episodes_seed": episodes.seed,
-            "dataset": f"{dataset.name}/{dataset.split}",
-            "dataset_fingerprint": episodes.dataset_fingerprint,
-            "finetune_config": asdict(cfg),
-            "strategies": {name: scheme.to_dict() for name, scheme in strategies.items()},
-        }
-    )
-    return rows
+    return accuracy.cpu().numpy().astype(np.float64), diverged.cpu().numpy().astype(bool)
 
 
 def _setting_keys(rows: pd.DataFrame) -> list[str]:

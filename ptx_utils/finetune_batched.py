@@ -304,6 +304,7 @@ def finetune_batched(
     chunk_size: int | None = None,
     progress: bool = True,
     frozen_prefix: bool = True,
+    desc: str = "fine-tune replicas",
 ) -> BatchedResult:
     """Fine-tune many replicas at once; the query logits of each, as the sequential reference.
 
@@ -318,6 +319,7 @@ def finetune_batched(
         progress: show a progress bar.
         frozen_prefix: compute a chunk's frozen leading stages once per episode (set False
             only to check that it makes no difference).
+        desc: the progress bar's label.
 
     Returns:
         :class:`BatchedResult`: logits float32 (R, Q, n_way) on the backbone's device, NaN rows
@@ -341,7 +343,7 @@ def finetune_batched(
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     size = chunk_size or _auto_chunk_size(engine, n_rep)
 
-    bar = tqdm(total=n_rep, desc="fine-tune replicas", unit="replica", disable=not progress)
+    bar = tqdm(total=n_rep, desc=desc, unit="replica", disable=not progress)
     try:
         for k in sorted(groups, reverse=True):
             members = sorted(groups[k], key=lambda i: (replicas[i].episode, i))

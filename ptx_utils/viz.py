@@ -1,4 +1,4 @@
-"""Figures: image grids of datasets and episodes, the domain-shift grid; saved as PDF and PNG.
+"""Figures: image grids, the domain-shift grid, training and search curves; saved as PDF and PNG.
 
 Every figure function returns a matplotlib ``Figure`` (so a notebook shows it inline) and
 :func:`save_figure` writes it as ``<stem>.pdf`` and ``<stem>.png``, atomically.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,6 +18,14 @@ from matplotlib.figure import Figure
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.episodes import Episodes
 from ptx_utils.runs import atomic_open
+
+if TYPE_CHECKING:
+    from ptx_utils.search import GenerationReport, SearchResult
+
+#: The Okabe-Ito palette (colour-blind safe).
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+#: One colour per search method.
+SEARCH_COLORS = {"evolution": OKABE_ITO[0], "random": OKABE_ITO[1]}
 
 
 def short_label(name: str, width: int = 24) -> str:
@@ -148,3 +157,74 @@ def curves_figure(history: Sequence[Mapping[str, float]]) -> Figure:
     ax_acc.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def search_figure(
+    results: SearchResult | Mapping[str, SearchResult], title: str | None = None
+) -> Figure:
+    """Search progress: every evaluated candidate's validation fitness (dots) and the best so
+    far (line) against the number of candidates evaluated, one colour per search.
+
+    ``results``: one search, or label -> search (e.g. ``{"evolution": ea, "random": rs}``).
+    """
+    if not isinstance(results, Mapping):
+        results = {results.config.method: results}
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    methods = [r.config.method for r in results.values()]
+    by_method = len(set(methods)) == len(methods)
+    for i, (label, result) in enumerate(results.items()):
+        color = SEARCH_COLORS[result.config.method] if by_method else OKABE_ITO[i % len(OKABE_ITO)]
+        fitness = [c.fitness for c in result.candidates]
+        curve = result.best_so_far()
+        ax.scatter(range(1, len(fitness) + 1), fitness, s=9, alpha=0.35, color=color, lw=0)
+        best = f" (best {curve['best_fitness'].iloc[-1]:.3f})" if len(curve) else ""
+        ax.step(
+            curve["n_evaluated"],
+            curve["best_fitness"],
+            where="post",
+            color=color,
+            label=f"{label}{best}",
+        )
+    ax.set(
+        xlabel="candidates evaluated",
+        ylabel="validation accuracy",
+        title=title or "search: every candidate (dots) and best so far (line)",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+class LiveSearchPlot:
+    """A search callback that redraws :func:`search_figure` in a notebook after each generation.
+
+    Pass it as ``callback=`` to :func:`ptx_utils.search.search`; ``others`` (label -> finished
+    search) are drawn beside the running one. Outside IPython it does nothing (a plain script
+    still gets the one-line summaries), and under papermill it leaves the last figure in the
+    cell's output.
+    """
+
+    def __init__(self, others: Mapping[str, SearchResult] | None = None, label: str = "") -> None:
+        self.others = dict(others or {})
+        self.label = label
+        self._handle: Any = None
+
+    def __call__(self, report: GenerationReport) -> None:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        label = self.label or report.result.config.method
+        fig = search_figure(
+            {label: report.result, **self.others},
+            title=f"generation {report.generation + 1}/{report.generations}: "
+            f"best {report.best.fitness:.3f}",
+        )
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)
+        plt.close(fig)

@@ -9,7 +9,10 @@ Two on-disk forms are read, under ``<root>/omniglot/`` (or ``<root>/omniglot-py/
   the packaged ``splits/omniglot_id_to_character.csv``.
 
 Splits: ``background`` (964 characters) and ``evaluation`` (659) — Lake's; ``train`` / ``val`` /
-``test`` / ``trainval`` (1028 / 172 / 423 / 1200) — Vinyals et al. 2016. A class is a character
+``test`` / ``trainval`` (1028 / 172 / 423 / 1200) — Vinyals et al. 2016; ``evaluation-val`` (236)
+— the evaluation characters outside Vinyals' ``test`` (8 alphabets), a validation split for a
+backbone pre-trained on ``background`` that shares no character with it nor with ``test`` (Vinyals'
+``val`` is made of background characters). A class is a character
 (``Alphabet/characterNN``); with ``rotations=True`` each character also gives three rotated classes
 (``.../rot090``, ``rot180``, ``rot270``), as in Vinyals' protocol. Images keep the original polarity
 (white paper 255, ink 0), one channel, resized with anti-aliasing (default 28x28). Both forms give
@@ -35,6 +38,8 @@ LOADER_VERSION = 1
 NATIVE_SIZE = 105
 SETS = ("background", "evaluation")
 VINYALS_SPLITS = ("train", "val", "test", "trainval")
+#: Derived: evaluation characters that are not in Vinyals' test split.
+HELD_OUT_SPLITS = ("evaluation-val",)
 FOLDER_NAMES = ("omniglot", "omniglot-py")
 
 LAYOUT = """\
@@ -61,6 +66,9 @@ def split_characters(split: str) -> list[str]:
     """Character names of a split, in the split's canonical order."""
     if split in SETS:
         return [name for name, s, _ in character_table() if s == split]
+    if split == "evaluation-val":
+        test = set(split_characters("test"))
+        return [name for name in split_characters("evaluation") if name not in test]
     lines = packaged_split_file(f"omniglot-vinyals/{split}.txt").read_text().split()
     return [line.strip() for line in lines if line.strip()]
 
@@ -182,7 +190,7 @@ SPEC = register_dataset(
     DatasetSpec(
         name="omniglot",
         loader=load_omniglot,
-        splits=SETS + VINYALS_SPLITS,
+        splits=SETS + VINYALS_SPLITS + HELD_OUT_SPLITS,
         default_image_size=28,
         layout=LAYOUT,
         origin=ORIGIN,
