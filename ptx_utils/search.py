@@ -582,6 +582,9 @@ class SearchResult:
 
     def history(self) -> pd.DataFrame:
         """Every evaluated candidate, one row each (:data:`HISTORY_COLUMNS`), evaluation order."""
+        fitness = np.array([c.fitness for c in self.candidates], dtype=np.float64)
+        ordered = np.sort(fitness)
+        ranks = 1 + len(fitness) - np.searchsorted(ordered, fitness, side="right")
         return pd.DataFrame(
             [
                 {
@@ -594,10 +597,10 @@ class SearchResult:
                     "fitness": c.fitness,
                     "n_diverged": c.n_diverged,
                     "diverged": c.n_diverged > 0,
-                    "rank": 1 + sum(o.fitness > c.fitness for o in self.candidates),
+                    "rank": int(rank),
                     "seconds": c.seconds,
                 }
-                for c in self.candidates
+                for c, rank in zip(self.candidates, ranks, strict=True)
             ],
             columns=list(HISTORY_COLUMNS),
         )

@@ -228,3 +228,48 @@ class LiveSearchPlot:
         else:
             self._handle.update(fig)
         plt.close(fig)
+
+
+def scheme_heatmap(result: SearchResult, top: int = 10, title: str | None = None) -> Figure:
+    """The searched scheme as a layer x learning-rate map.
+
+    Cell (rate, layer) shows the share of the ``top`` fittest evaluated schemes that give that
+    layer that rate (how sure the search is); the best scheme's choices are outlined and marked.
+    """
+    from ptx_utils.search import ranked
+
+    zoo = list(result.config.lr_zoo)
+    layers = list(result.layer_names)
+    best = [c.scheme for c in ranked(result.candidates)]
+    chosen = best[:top]
+    share = np.zeros((len(zoo), len(layers)))
+    for scheme in chosen:
+        for j, lr in enumerate(scheme.lrs):
+            share[zoo.index(lr), j] += 1 / len(chosen)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(layers), 0.9 + 0.55 * len(zoo)))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower")
+    for j, lr in enumerate(best[0].lrs):
+        i = zoo.index(lr)
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.2, ec="#D55E00"))
+    for i in range(len(zoo)):
+        for j in range(len(layers)):
+            dark = share[i, j] > 0.6
+            ax.text(
+                j,
+                i,
+                f"{share[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+    ax.set_xticks(range(len(layers)), [short_label(n, 12) for n in layers], rotation=45, ha="right")
+    ax.set_yticks(range(len(zoo)), [f"{lr:g}" + (" (frozen)" if lr == 0 else "") for lr in zoo])
+    ax.set(xlabel="layer (input → output)", ylabel="learning rate")
+    ax.set_title(
+        title or f"best scheme (outlined): {best[0]}\nshading: share of the top {len(chosen)}",
+        fontsize=9,
+    )
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    return fig

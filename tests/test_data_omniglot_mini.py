@@ -174,6 +174,21 @@ def test_omniglot_decode_maps_both_npz_sets_by_the_csv(fake_omniglot: FakeOmnigl
     assert np.all(raw[3] == 255)
 
 
+def test_omniglot_evaluation_val_is_held_out_from_background_and_test(
+    fake_omniglot: FakeOmniglot,
+) -> None:
+    held_out = omniglot_module.split_characters("evaluation-val")
+    evaluation = omniglot_module.split_characters("evaluation")
+    assert len(held_out) == 236 == len(evaluation) - len(vinyals("test"))
+    assert set(held_out) <= set(evaluation)
+    assert not set(held_out) & set(omniglot_module.split_characters("background"))
+    assert not set(held_out) & set(vinyals("test"))
+    ds = load_dataset("omniglot", "evaluation-val", root=fake_omniglot.npz_root, cache=False)
+    assert ds.class_names == held_out and len(ds) == 236 * 20
+    # In the fixture the only drawn evaluation characters are test characters: none loaded here.
+    assert bool((ds.images == 255).all())
+
+
 def test_omniglot_rotations(fake_omniglot: FakeOmniglot, npz_val: FewShotDataset) -> None:
     rot = load_dataset("omniglot", "val", root=fake_omniglot.npz_root, cache=False, rotations=True)
     characters = vinyals("val")

@@ -24,8 +24,9 @@ from ptx_utils.episodes import sample_episodes
 from ptx_utils.evaluate import evaluate_strategies
 from ptx_utils.finetune import FinetuneConfig
 from ptx_utils.models import create_backbone
+from ptx_utils.presets import get_preset
 from ptx_utils.schemes import Scheme, full_finetune, linear_probe
-from ptx_utils.viz import LiveSearchPlot, save_figure, search_figure
+from ptx_utils.viz import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -253,6 +254,8 @@ def test_written_files(tmp_path: Path) -> None:
     hist = pd.read_csv(tmp_path / "history.csv")
     assert list(hist.columns) == list(S.HISTORY_COLUMNS) and len(hist) == 18
     assert hist["fitness"].between(0, 1).all() and set(hist["generation"]) == {0, 1, 2}
+    fitness = hist["fitness"].to_numpy()
+    assert hist["rank"].tolist() == [1 + int((fitness > f).sum()) for f in fitness]
     curve = pd.read_csv(tmp_path / "curve.csv")
     assert list(curve.columns) == list(S.CURVE_COLUMNS)
     assert curve["best_fitness"].is_monotonic_increasing
@@ -284,6 +287,14 @@ def test_report_line_and_figures(tmp_path: Path) -> None:
         p.stat().st_size > 0 for p in paths
     )
     LiveSearchPlot()(reports[-1])  # outside IPython: nothing to draw, no error
+    heat = scheme_heatmap(ea, top=3)
+    texts = [t.get_text() for t in heat.axes[0].texts]
+    assert len(texts) == 4 * 6 and str(ea.best.scheme) in heat.axes[0].get_title()
+    column_sums = np.zeros(6)
+    for k, t in enumerate(texts):  # row-major (rate, layer): each layer's shares add up to 1
+        column_sums[k % 6] += float(t.rstrip("%")) / 100
+    np.testing.assert_allclose(column_sums, 1.0, atol=0.02)
+    save_figure(heat, tmp_path / "heat")
     assert S.diversity([(0.0, 0.1), (0.0, 0.1)]) == 0.0
     assert S.diversity([(0.0, 0.1), (0.1, 0.0)]) == 1.0
 
@@ -372,3 +383,14 @@ def test_search_killed_after_generation_two_resumes_to_the_same_result(
     other = create_backbone("conv4", in_channels=3, image_size=16)
     with pytest.raises(S.SearchError, match="backbone_digest"):
         S.search(other, synthetic_test, episodes, cfg, SMALL_FT, out_dir=out, progress=False)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
+def test_presets_hold_valid_search_and_finetune_settings(preset: str) -> None:
+    params = get_preset(preset)
+    config = S.SearchConfig.from_dict(params["search"])
+    FinetuneConfig(**params["finetune"])
+    assert config.top_k <= config.population and params["n_val_episodes"] >= 1
+    if preset == "paper":
+        assert (config.population, config.generations, config.top_k) == (20, 20, 10)
+        assert params["finetune"]["passes"] == 100 and params["n_val_episodes"] == 20
