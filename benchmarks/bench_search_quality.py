@@ -39,7 +39,7 @@ from ptx_utils.finetune import FinetuneConfig
 from ptx_utils.runs import atomic_write_json, provenance
 from ptx_utils.schemes import full_finetune, linear_probe
 from ptx_utils.search import SearchConfig, SearchResult, search
-from ptx_utils.viz import save_figure, search_figure
+from ptx_utils.viz import save_figure, scheme_heatmap, search_figure
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -138,9 +138,11 @@ def main() -> None:
             title=f"{args.dataset} {name}: evolution vs random search (seed {first})",
         )
         save_figure(fig, out_dir / "figures" / f"{name}_search")
-        best = max(
+        best_search = max(
             (searches["evolution"][s] for s in args.seeds), key=lambda r: r.best.fitness
-        ).best
+        )
+        best = best_search.best
+        save_figure(scheme_heatmap(best_search), out_dir / "figures" / f"{name}_best_scheme")
         fixed = {
             "linear probe": linear_probe(n_layers),
             "full fine-tune": full_finetune(n_layers, args.lr),
