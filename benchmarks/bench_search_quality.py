@@ -76,6 +76,13 @@ def main() -> None:
     p.add_argument("--val-episodes", type=int, default=20)
     p.add_argument("--test-episodes", type=int, default=600)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["evolution", "random"],
+        default=["evolution", "random"],
+        help="searches to run per seed (the evolution's best is the one tested)",
+    )
     p.add_argument("--population", type=int, default=20)
     p.add_argument("--generations", type=int, default=20)
     p.add_argument("--top-k", type=int, default=10)
@@ -112,7 +119,9 @@ def main() -> None:
         val_episodes = sample_episodes(
             val, args.n_way, shot, args.n_query, args.val_episodes, seed=10_000
         )
-        searches: dict[str, dict[int, SearchResult]] = {"evolution": {}, "random": {}}
+        if "evolution" not in args.methods:
+            raise SystemExit("--methods must include evolution: its best scheme is tested")
+        searches: dict[str, dict[int, SearchResult]] = {m: {} for m in args.methods}
         for seed in args.seeds:
             for method in searches:
                 config = SearchConfig(
