@@ -285,6 +285,10 @@ class Candidate:
     accuracies: tuple[float, ...]
     seconds: float = field(default=0.0, compare=False)
 
+    def __post_init__(self) -> None:
+        if self.origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {ORIGINS}, got {self.origin!r}")
+
     @property
     def n_diverged(self) -> int:
         return sum(a != a for a in self.accuracies)
