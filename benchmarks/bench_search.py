@@ -93,7 +93,7 @@ def _backbone(args: argparse.Namespace, device: torch.device, channels: int) -> 
         work = Path(tempfile.mkdtemp(prefix="bench-search-pretrain-"))
         result = pretrain(cfg, base, val, work)
         seconds = time.perf_counter() - tic
-        backbone, _ = load_backbone(result.best_path)
+        backbone, _ = load_backbone(result.best_checkpoint)
         return backbone.to(device), (
             f"pre-trained here: Baseline++ {args.pretrain_epochs} epochs on "
             f"{args.dataset}/train, batch 64 ({seconds:.0f} s)"

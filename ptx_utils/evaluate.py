@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.device import resolve_device
@@ -263,8 +264,6 @@ def replica_accuracies(
     support_images, support_labels, query_images, query_labels = episode_tensors
     dev = query_labels.device
     if engine == "sequential":
-        from tqdm.auto import tqdm
-
         logits_list, diverged_list = [], []
         for scheme, e, s in zip(
             tqdm(schemes, desc=desc, unit="replica", disable=not progress),
