@@ -9,6 +9,7 @@ the run directory and the failing cell's error is shown.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,6 +57,11 @@ def prepare_run(
         both_dicts = isinstance(value, dict) and isinstance(params[key], dict)
         params[key] = {**params[key], **value} if both_dicts else value
     params["preset"] = preset
+    # The notebooks run with the run directory as working directory: a relative data root (the
+    # parameter, or $PTX_DATA_ROOT) is made absolute here, and recorded in params.json.
+    data_root = params.get("data_root") or os.environ.get("PTX_DATA_ROOT")
+    if data_root:
+        params["data_root"] = str(Path(data_root).expanduser().resolve())
     if run_dir is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = new_run_dir(runs_root, f"{preset}-{params['dataset']}-{stamp}")
@@ -73,11 +79,17 @@ def prepare_run(
 
 
 def execute_notebook(notebook: Path, run_dir: Path, params: Mapping[str, Any]) -> Path:
-    """Run one notebook with papermill into ``run_dir``; raise :class:`PipelineError` on failure."""
+    """Run one notebook with papermill into ``run_dir``; raise :class:`PipelineError` on failure.
+
+    The kernel runs in ``run_dir``, so a relative ``$PTX_CACHE_DIR`` is made absolute for it.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     output = run_dir / notebook.name
+    cache = os.environ.get("PTX_CACHE_DIR")
+    if cache and not Path(cache).is_absolute():
+        os.environ["PTX_CACHE_DIR"] = str(Path(cache).resolve())
     try:
         papermill.execute_notebook(
             str(notebook),

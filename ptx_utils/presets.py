@@ -21,6 +21,10 @@ _COMMON: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "shift_levels": [0.0, 0.5, 1.0],
+    "cross_domain": [],
+    "search_methods": ["evolution", "random"],
+    "explore_episodes": 5,
+    "runs_root": None,
     "base_split": "train",
     "val_split": "val",
     "novel_split": "test",
@@ -36,7 +40,7 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "val_episodes": 20,
     },
-    "demo": {"method": "baseline++", "epochs": 10, "batch_size": 64, "val_episodes": 50},
+    "demo": {"method": "baseline++", "epochs": 6, "batch_size": 64, "val_episodes": 50},
     # CloserLook / P-Transfer: 400 epochs, batch 16, Adam 1e-3. ProtoNet: 100 episodes an epoch,
     # 600 epochs (60k episodes) for 1-shot and 400 (40k) for 5-shot.
     "paper": {"method": "baseline++", "epochs": 400, "batch_size": 16, "val_episodes": 100},
@@ -47,7 +51,7 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
 # candidate costs ~4.5 s with 10 episodes and 50 passes (Conv4, 32x32), so demo is far smaller.
 _SEARCH: dict[str, dict[str, Any]] = {
     "smoke": {"population": 4, "generations": 3, "top_k": 2},
-    "demo": {"population": 8, "generations": 5, "top_k": 4},
+    "demo": {"population": 8, "generations": 3, "top_k": 4},
     "paper": {"population": 20, "generations": 20, "top_k": 10},
 }
 
@@ -60,15 +64,45 @@ _FINETUNE: dict[str, dict[str, Any]] = {
     "paper": {"passes": 100},
 }
 
+# Notebook 04: one search and one test per target (shift level or cross-domain dataset), k_shot
+# shots each; ``search`` is merged over the preset's search settings.
+_SHIFT: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "k_shot": 1,
+        "n_val_episodes": 2,
+        "n_test_episodes": 6,
+        "search": {"population": 3, "generations": 2, "top_k": 2},
+    },
+    "demo": {
+        "k_shot": 1,
+        "n_val_episodes": 4,
+        "n_test_episodes": 20,
+        "search": {"population": 6, "generations": 3, "top_k": 3},
+    },
+    "paper": {
+        "k_shot": 5,
+        "n_val_episodes": 20,
+        "n_test_episodes": 600,
+        "search": {"population": 20, "generations": 20, "top_k": 10},
+    },
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON, "n_query": 5, "n_val_episodes": 4, "n_test_episodes": 20},
-    "demo": {**_COMMON, "n_val_episodes": 10, "n_test_episodes": 200},
+    "smoke": {
+        **_COMMON,
+        "n_query": 5,
+        "n_val_episodes": 4,
+        "n_test_episodes": 20,
+        "explore_episodes": 2,
+    },
+    "demo": {**_COMMON, "k_shots": [1], "n_val_episodes": 6, "n_test_episodes": 80},
     "paper": {**_COMMON, "n_val_episodes": 20, "n_test_episodes": 600},
 }
 for _name, _preset in PRESETS.items():
     _preset["pretrain"] = _PRETRAIN[_name]
     _preset["search"] = _SEARCH[_name]
     _preset["finetune"] = _FINETUNE[_name]
+    _preset["shift"] = _SHIFT[_name]
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Every figure function returns a matplotlib ``Figure`` (so a notebook shows it in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -271,5 +272,225 @@ def scheme_heatmap(result: SearchResult, top: int = 10, title: str | None = None
         fontsize=9,
     )
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    fig.tight_layout()
+    return fig
+
+
+# --- strategies, episodes and domain shift ------------------------------------------------------
+
+#: A fixed colour per strategy, so every figure of a run uses the same ones.
+STRATEGY_COLORS = {
+    "searched": OKABE_ITO[5],
+    "linear probe": OKABE_ITO[0],
+    "full fine-tune": OKABE_ITO[1],
+    "last-1": OKABE_ITO[2],
+    "BN-affine": OKABE_ITO[3],
+}
+
+
+def strategy_palette(names: Sequence[str]) -> dict[str, str]:
+    """name -> colour: :data:`STRATEGY_COLORS` where known, the rest of Okabe-Ito after them."""
+    spare = [c for c in OKABE_ITO if c not in STRATEGY_COLORS.values()]
+    palette, i = {}, 0
+    for name in dict.fromkeys(names):
+        if name in STRATEGY_COLORS:
+            palette[name] = STRATEGY_COLORS[name]
+        else:
+            palette[name] = spare[i % len(spare)]
+            i += 1
+    return palette
+
+
+def _setting_title(n_way: Any, k_shot: Any) -> str:
+    return f"{int(n_way)}-way {int(k_shot)}-shot"
+
+
+def strategy_figure(summary: Any, title: str | None = None) -> Figure:
+    """Mean accuracy ± 95 % CI per strategy, one panel per (n_way, k_shot) of a
+    :func:`~ptx_utils.evaluate.summary_table`; the searched scheme's mean is a dashed line."""
+    settings = list(dict.fromkeys(zip(summary["n_way"], summary["k_shot"], strict=True)))
+    names = list(dict.fromkeys(summary["strategy"]))
+    palette = strategy_palette(names)
+    fig, axes = plt.subplots(
+        1, len(settings), figsize=(3.6 * len(settings), 0.5 + 0.45 * len(names)), squeeze=False
+    )
+    for ax, (n_way, k_shot) in zip(axes[0], settings, strict=True):
+        part = summary[(summary["n_way"] == n_way) & (summary["k_shot"] == k_shot)]
+        part = part.set_index("strategy").reindex(names)
+        y = np.arange(len(names))
+        ax.barh(
+            y,
+            100 * part["mean"],
+            xerr=100 * part["ci95"],
+            capsize=3,
+            color=[palette[n] for n in names],
+        )
+        for yi, (m, c) in enumerate(zip(part["mean"], part["ci95"], strict=True)):
+            if np.isfinite(m):
+                ax.text(100 * (m + c) + 0.5, yi, f"{100 * m:.1f}", va="center", fontsize=7)
+        if "searched" in part.index and np.isfinite(part.loc["searched", "mean"]):
+            ax.axvline(100 * part.loc["searched", "mean"], color=palette["searched"], ls="--", lw=1)
+        low = np.nanmin(100 * (part["mean"] - part["ci95"]))
+        ax.set_xlim(max(0.0, low - 10), 100)
+        ax.set_yticks(y, [short_label(n) for n in names])
+        ax.invert_yaxis()
+        ax.set(xlabel="test accuracy (%) ± 95% CI", title=_setting_title(n_way, k_shot))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def episode_distribution(rows: Any, title: str | None = None) -> Figure:
+    """Per-episode accuracy of every strategy (box + points), one panel per (n_way, k_shot).
+
+    ``rows``: the tidy frame of :func:`~ptx_utils.evaluate.evaluate_strategies` (diverged
+    episodes, NaN, are left out and counted in the tick label).
+    """
+    import seaborn as sns
+
+    settings = list(dict.fromkeys(zip(rows["n_way"], rows["k_shot"], strict=True)))
+    names = list(dict.fromkeys(rows["strategy"]))
+    palette = strategy_palette(names)
+    fig, axes = plt.subplots(
+        1, len(settings), figsize=(0.6 + 1.1 * len(names) * len(settings), 3.4), squeeze=False
+    )
+    for ax, (n_way, k_shot) in zip(axes[0], settings, strict=True):
+        part = rows[(rows["n_way"] == n_way) & (rows["k_shot"] == k_shot)]
+        part = part.assign(percent=100 * part["accuracy"])
+        common = {
+            "data": part,
+            "x": "strategy",
+            "y": "percent",
+            "hue": "strategy",
+            "order": names,
+            "palette": palette,
+            "ax": ax,
+            "legend": False,
+        }
+        with warnings.catch_warnings():
+            # seaborn 0.13 passes matplotlib 3.11's deprecated ``vert`` to ``bxp``: not ours to fix.
+            warnings.filterwarnings("ignore", message=".*vert: bool.*")
+            sns.boxplot(**common, showfliers=False, width=0.6, boxprops={"alpha": 0.45})
+        sns.stripplot(**common, size=2.2, alpha=0.5, jitter=0.25)
+        means = part.groupby("strategy")["percent"].mean().reindex(names)
+        ax.scatter(
+            range(len(names)), means, marker="D", color="black", s=18, zorder=5, label="mean"
+        )
+        ax.axhline(100 / n_way, color="grey", ls=":", lw=1, label="chance")
+        ax.set_xticks(
+            range(len(names)), [short_label(n, 14) for n in names], rotation=30, ha="right"
+        )
+        ax.set(
+            xlabel="",
+            ylabel="accuracy per episode (%)",
+            title=f"{_setting_title(n_way, k_shot)}, {part['episode'].nunique()} episodes",
+        )
+        ax.legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def rate_colormap(n_rates: int) -> Any:
+    """The colours of a scheme's learning rates, slowest first: frozen is the palest, the fastest
+    rate the darkest (cividis, readable in colour-blind vision and in grey). Every figure that
+    colours a layer by its rate uses it."""
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap(plt.get_cmap("cividis_r")(np.linspace(0.05, 0.95, n_rates)))
+
+
+def _lr_code(lr: float, zoo: Sequence[float]) -> float:
+    return float(list(zoo).index(lr)) if lr in zoo else float("nan")
+
+
+def shift_scheme_map(schemes: Any, zoo: Sequence[float] | None = None) -> Figure:
+    """The searched scheme at every target: rows = targets (growing shift, top to bottom),
+    columns = layers, colour = learning rate (frozen lightest); the right column counts the
+    fine-tuned layers. ``schemes``: the ``domain_shift_schemes.csv`` frame."""
+    from matplotlib.colors import BoundaryNorm
+
+    targets = list(dict.fromkeys(schemes.sort_values("order")["target"]))
+    layers = list(dict.fromkeys(schemes.sort_values("layer_index")["layer"]))
+    zoo = sorted(set(schemes["lr"])) if zoo is None else list(zoo)
+    grid = np.full((len(targets), len(layers)), np.nan)
+    for r in schemes.itertuples():
+        grid[targets.index(r.target), layers.index(r.layer)] = _lr_code(r.lr, zoo)
+    cmap = rate_colormap(len(zoo))
+    norm = BoundaryNorm(np.arange(len(zoo) + 1) - 0.5, len(zoo))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.8 * len(layers), 0.8 + 0.45 * len(targets)))
+    image = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto")
+    for i in range(len(targets)):
+        for j in range(len(layers)):
+            if np.isfinite(grid[i, j]):
+                lr = zoo[int(grid[i, j])]
+                ax.text(
+                    j,
+                    i,
+                    "frozen" if lr == 0 else f"{lr:g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if grid[i, j] >= len(zoo) / 2 else "black",
+                )
+        n = int(np.sum(np.isfinite(grid[i]) & (grid[i] > 0))) if 0 in zoo else 0
+        ax.text(len(layers) - 0.35, i, f"{n} tuned", va="center", fontsize=8)
+    ax.set_xticks(range(len(layers)), [short_label(n, 12) for n in layers])
+    ax.set_yticks(range(len(targets)), targets)
+    ax.set(xlabel="layer (input → output)", title="searched scheme per target")
+    ax.set_xlim(-0.5, len(layers) + 0.6)
+    cbar = fig.colorbar(image, ax=ax, ticks=range(len(zoo)), fraction=0.05, pad=0.02)
+    cbar.ax.set_yticklabels(["frozen" if lr == 0 else f"{lr:g}" for lr in zoo])
+    fig.tight_layout()
+    return fig
+
+
+def shift_figure(summary: Any, title: str | None = None) -> Figure:
+    """Accuracy vs target per strategy (mean ± 95 % CI) and the number of layers the searched
+    scheme fine-tunes; targets ordered by growing shift. ``summary``: the
+    ``domain_shift_summary.csv`` frame."""
+    summary = summary.sort_values(["order"], kind="stable")
+    targets = list(dict.fromkeys(summary["target"]))
+    names = list(dict.fromkeys(summary["strategy"]))
+    palette = strategy_palette(names)
+    x = np.arange(len(targets))
+    fig, (ax, ax_n) = plt.subplots(
+        1, 2, figsize=(4.0 + 1.1 * len(targets), 3.4), gridspec_kw={"width_ratios": [2.2, 1]}
+    )
+    offsets = np.linspace(-0.12, 0.12, len(names)) if len(names) > 1 else [0.0]
+    for off, name in zip(offsets, names, strict=True):
+        part = summary[summary["strategy"] == name].set_index("target").reindex(targets)
+        ax.errorbar(
+            x + off,
+            100 * part["mean"],
+            yerr=100 * part["ci95"],
+            marker="o",
+            ms=4,
+            capsize=2,
+            color=palette[name],
+            label=name,
+            lw=2.2 if name == "searched" else 1.2,
+        )
+    if "n_way" in summary.columns:
+        ax.axhline(100 / summary["n_way"].iloc[0], color="grey", ls=":", lw=1, label="chance")
+    ax.set_xticks(x, targets, rotation=20)
+    ax.set(
+        xlabel="target (growing shift →)",
+        ylabel="test accuracy (%) ± 95% CI",
+        title="accuracy per strategy",
+    )
+    ax.legend(fontsize=7)
+    searched = summary[summary["strategy"] == "searched"].set_index("target").reindex(targets)
+    ax_n.bar(x, searched["n_trainable"], color=palette.get("searched", OKABE_ITO[5]))
+    ax_n.set_xticks(x, targets, rotation=20)
+    n_layers = summary.attrs.get("n_layers")
+    ax_n.set(xlabel="target", ylabel="layers fine-tuned", title="searched scheme")
+    if n_layers:
+        ax_n.set_ylim(0, n_layers)
+    ax_n.yaxis.get_major_locator().set_params(integer=True)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -10,8 +10,10 @@ import nbformat
 import pytest
 from conftest import DATA_ROOT, requires_data_root
 
+from ptx_utils import workflow
 from ptx_utils.cli import main, parse_assignment
-from ptx_utils.pipeline import PipelineError, run_pipeline
+from ptx_utils.evaluate import ROW_COLUMNS, SUMMARY_COLUMNS
+from ptx_utils.pipeline import NOTEBOOKS, PipelineError, run_pipeline
 
 
 def _rows(out: str) -> dict[str, list[str]]:
@@ -73,34 +75,156 @@ def test_parse_assignment() -> None:
     assert parse_assignment("data_root=null") == ("data_root", None)
 
 
-def test_smoke_run_writes_notebooks_params_and_figures(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
+FIGURES = (
+    "01_base_classes",
+    "synthetic_shift_grid",
+    "01_episode",
+    "01_pretrain_curves",
+    "02_search_1shot",
+    "02_search_5shot",
+    "02_best_scheme_1shot",
+    "02_best_scheme_5shot",
+    "02_search_history_1shot",
+    "02_scheme_explorer",
+    "03_strategies",
+    "03_episodes",
+    "04_schemes",
+    "04_accuracy_vs_shift",
+    "04_domain_shift_explorer",
+    "05_transfer",
+    "05_domain_shift",
+    "05_search",
+)
+STRATEGIES = ["searched", "linear probe", "full fine-tune", "last-1", "BN-affine"]
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _check_executed(run_dir: Path, notebooks: tuple[str, ...] = NOTEBOOKS) -> None:
+    assert sorted(p.stem for p in run_dir.glob("*.ipynb")) == list(notebooks)
+    for stem in notebooks:
+        nb = nbformat.read(run_dir / f"{stem}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        errors = [o for o in outputs if o.output_type == "error"]
+        assert outputs and not errors, f"{stem}: {errors[:1]}"
+    timings = json.loads((run_dir / "timings.json").read_text())["seconds"]
+    assert list(timings) == list(notebooks)
+
+
+def _check_figures(run_dir: Path, stems: tuple[str, ...]) -> None:
+    figures = run_dir / "figures"
+    for stem in stems:
+        for ext in ("pdf", "png"):
+            assert (figures / f"{stem}.{ext}").stat().st_size > 1000, f"{stem}.{ext}"
+    pngs = {p.stem for p in figures.glob("*.png")}
+    assert pngs == {p.stem for p in figures.glob("*.pdf")}, "every figure as PDF and PNG"
+
+
+@pytest.mark.slow
+def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "smoke"
     assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 0
     params = json.loads((run_dir / "params.json").read_text())
     assert params["params"]["preset"] == "smoke" and params["params"]["dataset"] == "synthetic"
     assert params["provenance"]["versions"]["papermill"]
-    executed = sorted(run_dir.glob("*.ipynb"))
-    assert [p.stem for p in executed] == ["01_pretrain"]
-    for path in executed:
-        nb = nbformat.read(path, as_version=4)
-        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-        assert outputs and not [o for o in outputs if o.output_type == "error"]
-    for stem in ("synthetic_shift_grid", "01_base_classes", "01_episode", "01_pretrain_curves"):
-        for ext in ("pdf", "png"):
-            assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+    _check_executed(run_dir)
+    _check_figures(run_dir, FIGURES)
     for name in ("best.pt", "last.pt", "curves.csv", "nearest_centroid_test.csv"):
         assert (run_dir / "pretrain" / name).is_file(), name
-    with open(run_dir / "pretrain" / "nearest_centroid_test.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = _csv(run_dir / "pretrain" / "nearest_centroid_test.csv")
     assert [int(r["k_shot"]) for r in rows] == [1, 5]
     assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 20 for r in rows)
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     assert summary["datasets"]["base"]["classes"] == 64
-    assert {r["k_shot"] for r in summary["episodes"]} == {1, 5}
+    results = run_dir / "results"
+
+    # 02: both methods at both shots, the preset's budget, fitness in [0, 1]
+    searches = _csv(results / "search_summary.csv")
+    assert list(searches[0]) == list(workflow.SEARCH_SUMMARY_COLUMNS)
+    assert [(r["k_shot"], r["method"]) for r in searches] == [
+        ("1", "evolution"),
+        ("1", "random"),
+        ("5", "evolution"),
+        ("5", "random"),
+    ]
+    assert all(int(r["n_evaluated"]) == 12 and 0 <= float(r["best_fitness"]) <= 1 for r in searches)
+    for r in searches:
+        best = json.loads(
+            (
+                run_dir / "search" / f"5way_{r['k_shot']}shot_{r['method']}" / "best_scheme.json"
+            ).read_text()
+        )
+        assert best["scheme_text"] == r["best_scheme"]
+
+    # 03: every strategy on the 20 test episodes of each shot, the searched scheme from 02
+    transfer = _csv(results / "transfer_summary.csv")
+    assert list(transfer[0]) == list(SUMMARY_COLUMNS)
+    assert [r["strategy"] for r in transfer] == STRATEGIES * 2
+    assert all(int(r["n_episodes"]) == 20 and 0 <= float(r["mean"]) <= 1 for r in transfer)
+    assert all(0 <= float(r["ci95"]) < 0.5 for r in transfer if int(r["n"]) > 1)
+    searched = {r["k_shot"]: r["scheme"] for r in transfer if r["strategy"] == "searched"}
+    evolution = {r["k_shot"]: r["best_scheme"] for r in searches if r["method"] == "evolution"}
+    assert searched == evolution
+    episodes = _csv(results / "transfer_episodes.csv")
+    assert len(episodes) == 2 * 5 * 20 and list(episodes[0]) == list(ROW_COLUMNS)
+    versus = _csv(results / "transfer_vs_searched.csv")
+    assert [r["reference"] for r in versus] == STRATEGIES[1:] * 2
+    assert all(r["strategy"] == "searched" and -1 <= float(r["mean_diff"]) <= 1 for r in versus)
+
+    # 04: three shift levels x five strategies, a searched scheme per level
+    shift = _csv(results / "domain_shift_summary.csv")
+    assert list(shift[0]) == list(workflow.SHIFT_SUMMARY_COLUMNS)
+    assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["shift 0", "shift 0.5", "shift 1"]
+    assert all(int(r["n_episodes"]) == 6 and 0 <= float(r["mean"]) <= 1 for r in shift)
+    schemes = _csv(results / "domain_shift_schemes.csv")
+    assert len(schemes) == 3 * 4 and {r["lr"] for r in schemes} <= {"0.0", "0.01", "0.1", "1.0"}
+
+    # 05: tables for every run under the runs root (this one)
+    runs = _csv(run_dir / "analysis" / "runs.csv")
+    assert [r["run"] for r in runs] == ["smoke"] and runs[0]["missing"] == ""
+    assert len(_csv(run_dir / "analysis" / "transfer_table.csv")) == 10
+    assert "\\toprule" in (run_dir / "analysis" / "transfer_table.tex").read_text()
+
     # the same run directory again is refused, and nothing in it changes
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
     assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 1
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+@requires_data_root
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_smoke_run_on_real_omniglot(tmp_path: Path) -> None:
+    """01 -> 05 on Omniglot (Vinyals splits, 28x28 gray), with the synthetic test classes as a
+    cross-domain target converted to the backbone's input."""
+    run_dir = tmp_path / "omniglot"
+    argv = [
+        "run",
+        "--preset",
+        "smoke",
+        "--dataset",
+        "omniglot",
+        "--run-dir",
+        str(run_dir),
+        "-p",
+        'cross_domain=["synthetic"]',
+        "-p",
+        "k_shots=[1]",
+    ]
+    assert main(argv) == 0
+    _check_executed(run_dir)
+    params = json.loads((run_dir / "params.json").read_text())["params"]
+    assert Path(params["data_root"]).is_absolute()
+    transfer = _csv(run_dir / "results" / "transfer_summary.csv")
+    assert [r["strategy"] for r in transfer] == STRATEGIES
+    assert all(0.2 <= float(r["mean"]) <= 1 for r in transfer)  # Omniglot is easy: above chance
+    shift = _csv(run_dir / "results" / "domain_shift_summary.csv")
+    assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["omniglot/test", "synthetic/test"]
+    data = json.loads((run_dir / "data" / "summary.json").read_text())["datasets"]
+    assert data["base"]["classes"] == 1028 and data["novel"]["classes"] == 423
 
 
 def test_unknown_parameter_is_refused(tmp_path: Path) -> None:
