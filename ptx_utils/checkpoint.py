@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,80 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return atomic_save(path, lambda f: f.write(buffer.getvalue()))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; a missing or foreign file is a clear error."""
+#: The largest part :func:`split_checkpoint` writes by default (a ResNet-12 checkpoint with its
+#: optimizer state is ~150 MiB; the GPU machines carry at most 64 MiB a call).
+PART_BYTES = 16 * 2**20
+
+
+def _parts_manifest(path: Path) -> Path:
+    return path.with_name(path.name + ".parts.json")
+
+
+def split_checkpoint(path: str | Path, part_bytes: int = PART_BYTES) -> list[Path]:
+    """Write ``path`` as parts ``<name>.part000, ...`` of at most ``part_bytes`` each, plus the
+    manifest ``<name>.parts.json`` (sizes and SHA-256 of the whole and of every part); return the
+    parts. The checkpoint itself is left in place; :func:`join_checkpoint` reassembles it."""
     path = Path(path)
+    if part_bytes < 1:
+        raise ValueError(f"part_bytes must be >= 1, got {part_bytes}")
+    data = path.read_bytes()
+    parts, records = [], []
+    for i, start in enumerate(range(0, max(len(data), 1), part_bytes)):
+        chunk = data[start : start + part_bytes]
+        part = path.with_name(f"{path.name}.part{i:03d}")
+        atomic_save(part, lambda f, chunk=chunk: f.write(chunk))
+        parts.append(part)
+        records.append(
+            {"name": part.name, "size": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()}
+        )
+    manifest = {
+        "name": path.name,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "parts": records,
+    }
+    text = json.dumps(manifest, indent=2) + "\n"
+    atomic_save(_parts_manifest(path), lambda f: f.write(text.encode()))
+    return parts
+
+
+def join_checkpoint(path: str | Path) -> Path:
+    """Reassemble ``path`` from the parts its manifest lists, checking every size and hash;
+    written atomically, so a failed join leaves nothing behind. An existing ``path`` with the
+    manifest's hash is kept as it is; one with another hash is an error (nothing is replaced)."""
+    path = Path(path)
+    manifest_path = _parts_manifest(path)
+    if not manifest_path.is_file():
+        raise CheckpointError(f"no parts manifest {manifest_path}; split_checkpoint writes one")
+    manifest = json.loads(manifest_path.read_text())
+    if path.is_file():
+        if hashlib.sha256(path.read_bytes()).hexdigest() == manifest["sha256"]:
+            return path
+        raise CheckpointError(f"{path} exists and differs from its parts; move it away to join")
+    chunks = []
+    for record in manifest["parts"]:
+        part = path.with_name(record["name"])
+        if not part.is_file():
+            raise CheckpointError(
+                f"checkpoint part {part} is missing; copy every part listed in {manifest_path}"
+            )
+        chunk = part.read_bytes()
+        if len(chunk) != record["size"] or hashlib.sha256(chunk).hexdigest() != record["sha256"]:
+            raise CheckpointError(f"checkpoint part {part} is damaged (size or SHA-256 differs)")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+        raise CheckpointError(f"the parts of {path} do not reassemble to the recorded SHA-256")
+    return atomic_save(path, lambda f: f.write(data))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a missing or foreign file is a clear error.
+
+    A checkpoint present only as parts (:func:`split_checkpoint`) is reassembled first."""
+    path = Path(path)
+    if not path.is_file() and _parts_manifest(path).is_file():
+        join_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(
             f"no checkpoint at {path}; run the pre-training step (notebook 01) first"

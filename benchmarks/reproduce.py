@@ -1,0 +1,233 @@
+"""One row of the reproduction table per strategy: pre-train, search, test, and write the JSON.
+
+    python benchmarks/reproduce.py --dataset omniglot --root ../shared/data --backbone conv4 \
+        --method baseline++ --base-split background --val-split evaluation-val --novel-split test \
+        --pretrain '{"epochs": 30, "batch_size": 64, "flip": false, "val_episodes": 50}' \
+        --n-way 5 --shots 1 --search '{"population": 8, "generations": 5, "top_k": 4}' \
+        --val-episodes 10 --passes 100 --test-episodes 600 \
+        --work-dir runs/reproduce/omniglot-conv4 --out-dir benchmarks/results/reproduction
+
+Steps, each resumable in ``--work-dir`` (run the same command again after an interruption):
+pre-training (``pretrain/``, resumes from ``last.pt``; or ``--checkpoint`` to use an existing
+one), then per shot the evolutionary search on validation episodes (``search/``, resumes after the
+last finished generation) and the test of the searched scheme beside the fixed strategies
+(:func:`ptx_utils.workflow.transfer_strategies`) on identical test episodes. Each (shot,
+strategy) becomes one JSON in ``--out-dir`` named
+``<dataset>_<backbone>_<method>_<n>way_<k>shot_<strategy>.json``: the numbers, the searched
+scheme, times, device, commit and the exact command (see :data:`ROW_FIELDS`). Existing JSONs are
+never replaced: the command refuses to start; remove them by hand to redo those rows.
+``benchmarks/reproduction_table.py`` renders the README table from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ptx_utils import workflow
+from ptx_utils.checkpoint import load_backbone
+from ptx_utils.data import load_dataset
+from ptx_utils.evaluate import summary_table
+from ptx_utils.pretrain import PretrainConfig, pretrain
+from ptx_utils.runs import atomic_write_json, provenance
+
+#: The keys of every row JSON, in order.
+ROW_FIELDS = (
+    "dataset",
+    "backbone",
+    "method",
+    "n_way",
+    "k_shot",
+    "strategy",
+    "scheme",
+    "n_trainable",
+    "mean",
+    "ci95",
+    "n_episodes",
+    "n_diverged",
+    "searched_scheme",
+    "search_fitness",
+    "search_candidates",
+    "search_seconds",
+    "test_seconds",
+    "pretrain",
+    "protocol",
+    "episodes_digest",
+    "device",
+    "commit",
+    "command",
+    "provenance",
+)
+
+
+def row_name(
+    dataset: str, backbone: str, method: str, n_way: int, k_shot: int, strategy: str
+) -> str:
+    """The JSON file name of one row (``/`` and spaces in names become ``-``)."""
+    parts = [dataset, backbone, method, f"{n_way}way", f"{k_shot}shot", strategy]
+    return "_".join(p.replace(" ", "-").replace("/", "-") for p in parts) + ".json"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--root", default=None, help="data root (default: $PTX_DATA_ROOT)")
+    p.add_argument("--backbone", default="conv4")
+    p.add_argument("--method", default="baseline++", help="pre-training method")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--base-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--novel-split", default="test")
+    p.add_argument("--pretrain", default="{}", help="PretrainConfig overrides, JSON")
+    p.add_argument("--checkpoint", default=None, help="use this best.pt instead of pre-training")
+    p.add_argument("--n-way", type=int, default=5)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--n-query", type=int, default=15)
+    p.add_argument("--search", default="{}", help="SearchConfig overrides, JSON")
+    p.add_argument("--val-episodes", type=int, default=20)
+    p.add_argument("--passes", type=int, default=100)
+    p.add_argument("--test-episodes", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--work-dir", required=True, help="checkpoints and searches (resumable)")
+    p.add_argument("--out-dir", default="benchmarks/results/reproduction")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Run the command; return the row JSONs written."""
+    args = parse_args(argv)
+    command = "python benchmarks/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    work, out = Path(args.work_dir), Path(args.out_dir)
+    names = ["searched", *workflow.fixed_strategies(1, 0.01)]
+    targets = {
+        (k, name): out / row_name(args.dataset, args.backbone, args.method, args.n_way, k, name)
+        for k in args.shots
+        for name in names
+    }
+    existing = [str(t) for t in targets.values() if t.exists()]
+    if existing:
+        raise SystemExit(
+            f"{len(existing)} row(s) already exist, e.g. {existing[0]}; remove them to redo "
+            "those rows (nothing was run)"
+        )
+    load = {"root": args.root, "image_size": args.image_size}
+    base = load_dataset(args.dataset, args.base_split, **load)
+    size = base.images.shape[-1]
+    val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size)
+    novel = load_dataset(args.dataset, args.novel_split, root=args.root, image_size=size)
+
+    settings = {
+        "method": args.method,
+        "backbone": args.backbone,
+        "seed": args.seed,
+        "device": args.device,
+        **json.loads(args.pretrain),
+    }
+    start = time.perf_counter()
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+        pretrain_info: dict[str, Any] = {"checkpoint": str(checkpoint)}
+    else:
+        result = pretrain(PretrainConfig.from_dict(settings), base, val, work / "pretrain")
+        checkpoint = result.best_checkpoint
+        pretrain_info = {
+            "config": settings,
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "seconds_this_call": round(time.perf_counter() - start, 1),
+            "history": result.history,
+        }
+    pretrain_info["sha256"] = sha256(checkpoint)
+    model, meta = load_backbone(checkpoint, backbone=args.backbone)
+    cfg = workflow.finetune_config({"passes": args.passes}, meta["method"])
+    search_settings = json.loads(args.search)
+
+    written = []
+    for k_shot in args.shots:
+        found = workflow.run_searches(
+            model,
+            val,
+            args.n_way,
+            k_shot,
+            args.n_query,
+            args.val_episodes,
+            search_settings,
+            cfg,
+            work,
+            methods=("evolution",),
+            seed=args.seed,
+            device=args.device,
+        )["evolution"]
+        strategies = workflow.transfer_strategies(found.best.scheme)
+        start = time.perf_counter()
+        rows = workflow.evaluate_shots(
+            model,
+            {k_shot: strategies},
+            novel,
+            args.n_way,
+            args.n_query,
+            args.test_episodes,
+            cfg,
+            seed=args.seed,
+            device=args.device,
+        )
+        test_seconds = time.perf_counter() - start
+        evaluation = rows.attrs["evaluations"][str(k_shot)]
+        protocol = {
+            "splits": {"base": args.base_split, "val": args.val_split, "novel": args.novel_split},
+            "image_size": size,
+            "n_query": args.n_query,
+            "val_episodes": args.val_episodes,
+            "search": asdict(found.config),
+            "finetune": rows.attrs["finetune_config"],
+            "seed": args.seed,
+        }
+        for r in summary_table(rows).itertuples():
+            record = {
+                "dataset": args.dataset,
+                "backbone": args.backbone,
+                "method": args.method,
+                "n_way": args.n_way,
+                "k_shot": k_shot,
+                "strategy": r.strategy,
+                "scheme": r.scheme,
+                "n_trainable": strategies[r.strategy].n_trainable_layers,
+                "mean": float(r.mean),
+                "ci95": float(r.ci95),
+                "n_episodes": int(r.n_episodes),
+                "n_diverged": int(r.n_diverged),
+                "searched_scheme": str(found.best.scheme),
+                "search_fitness": found.best.fitness,
+                "search_candidates": len(found.candidates),
+                "search_seconds": round(found.elapsed_seconds, 1),
+                "test_seconds": round(test_seconds, 1),
+                "pretrain": pretrain_info,
+                "protocol": protocol,
+                "episodes_digest": evaluation.get("episodes_digest"),
+                "device": None,
+                "commit": None,
+                "command": command,
+                "provenance": provenance(seed=args.seed, device=args.device),
+            }
+            record["device"] = record["provenance"]["device"]
+            record["commit"] = record["provenance"]["git_commit"]
+            target = targets[(k_shot, r.strategy)]
+            written.append(atomic_write_json(target, record))
+            print(f"{target.name}: {100 * r.mean:.2f} ± {100 * r.ci95:.2f} % ({r.scheme})")
+    return written
+
+
+if __name__ == "__main__":
+    main()
