@@ -89,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--novel-split", default="test")
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=None,
+        help="synthetic only: search and test at this level of the domain-shift dial (the "
+        "backbone is pre-trained and its epoch chosen at shift 0)",
+    )
     p.add_argument("--pretrain", default="{}", help="PretrainConfig overrides, JSON")
     p.add_argument("--checkpoint", default=None, help="use this best.pt instead of pre-training")
     p.add_argument("--n-way", type=int, default=5)
@@ -110,9 +117,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     command = "python benchmarks/reproduce.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     work, out = Path(args.work_dir), Path(args.out_dir)
+    if args.shift is not None and args.dataset != "synthetic":
+        raise SystemExit("--shift is the synthetic dataset's dial; leave it out for other datasets")
+    # The row's dataset label names the dial level; each level searches in its own folder.
+    label = args.dataset if args.shift is None else f"{args.dataset}-shift{args.shift:g}"
+    search_root = work if args.shift is None else work / f"shift{args.shift:g}"
     names = ["searched", *workflow.fixed_strategies(1, 0.01)]
     targets = {
-        (k, name): out / row_name(args.dataset, args.backbone, args.method, args.n_way, k, name)
+        (k, name): out / row_name(label, args.backbone, args.method, args.n_way, k, name)
         for k in args.shots
         for name in names
     }
@@ -125,8 +137,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     load = {"root": args.root, "image_size": args.image_size}
     base = load_dataset(args.dataset, args.base_split, **load)
     size = base.images.shape[-1]
-    val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size)
-    novel = load_dataset(args.dataset, args.novel_split, root=args.root, image_size=size)
+    base_val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size)
+    shifted = {} if args.shift is None else {"shift": args.shift}
+    val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size, **shifted)
+    novel = load_dataset(args.dataset, args.novel_split, root=args.root, image_size=size, **shifted)
 
     settings = {
         "method": args.method,
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         checkpoint = Path(args.checkpoint)
         pretrain_info: dict[str, Any] = {"checkpoint": str(checkpoint)}
     else:
-        result = pretrain(PretrainConfig.from_dict(settings), base, val, work / "pretrain")
+        result = pretrain(PretrainConfig.from_dict(settings), base, base_val, work / "pretrain")
         checkpoint = result.best_checkpoint
         pretrain_info = {
             "config": settings,
@@ -165,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.val_episodes,
             search_settings,
             cfg,
-            work,
+            search_root,
             methods=("evolution",),
             seed=args.seed,
             device=args.device,
@@ -188,6 +202,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         protocol = {
             "splits": {"base": args.base_split, "val": args.val_split, "novel": args.novel_split},
             "image_size": size,
+            "target_shift": args.shift,
             "n_query": args.n_query,
             "val_episodes": args.val_episodes,
             "search": asdict(found.config),
@@ -196,7 +211,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         }
         for r in summary_table(rows).itertuples():
             record = {
-                "dataset": args.dataset,
+                "dataset": label,
                 "backbone": args.backbone,
                 "method": args.method,
                 "n_way": args.n_way,

@@ -64,3 +64,11 @@ def test_paper_numbers_sit_beside_their_protocol() -> None:
     conv6 = {**row, "backbone": "conv6", "k_shot": 1, "strategy": "linear probe"}
     assert table._paper(conv6) == "48.29 (CloserLook; P-Transfer 52.52)"
     assert table._paper({**row, "dataset": "omniglot", "k_shot": 1, "strategy": "searched"}) == "—"
+
+
+def test_shift_is_refused_outside_the_synthetic_dial(tmp_path: Path) -> None:
+    reproduce = _module("reproduce")
+    argv = ["--dataset", "omniglot", "--shift", "0.5", "--work-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match="synthetic dataset's dial"):
+        reproduce.main(argv)
+    assert not any(tmp_path.iterdir())  # nothing run, nothing written
