@@ -17,6 +17,13 @@ strategy) becomes one JSON in ``--out-dir`` named
 scheme, times, device, commit and the exact command (see :data:`ROW_FIELDS`). Existing JSONs are
 never replaced: the command refuses to start; remove them by hand to redo those rows.
 ``benchmarks/reproduction_table.py`` renders the README table from these files.
+
+Domain shift: ``--shift S`` (synthetic only) searches and tests at level ``S`` of the dial, rows
+labelled ``synthetic-shiftS``; ``--target NAME:VAL:TEST`` searches on another dataset's validation
+classes and tests on its novel classes, converted to the backbone's input format, rows labelled
+``<dataset>-to-<NAME>`` (e.g. a mini-ImageNet backbone with
+``--target omniglot:evaluation-val:test``). Either way the backbone is pre-trained and its epoch
+chosen on ``--dataset``'s own validation split, and each target searches in its own sub-folder.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from typing import Any
 from ptx_utils import workflow
 from ptx_utils.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
+from ptx_utils.data.convert import match_format
 from ptx_utils.evaluate import summary_table
 from ptx_utils.pretrain import PretrainConfig, pretrain
 from ptx_utils.runs import atomic_write_json, provenance
+from ptx_utils.workflow import parse_cross_domain
 
 #: The keys of every row JSON, in order.
 ROW_FIELDS = (
@@ -96,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="synthetic only: search and test at this level of the domain-shift dial (the "
         "backbone is pre-trained and its epoch chosen at shift 0)",
     )
+    p.add_argument(
+        "--target",
+        default=None,
+        metavar="NAME:VAL_SPLIT:TEST_SPLIT",
+        help="cross-domain: search on NAME's VAL_SPLIT and test on its TEST_SPLIT, converted to "
+        "the backbone's channels and image size (e.g. omniglot:evaluation-val:test); the backbone "
+        "is pre-trained and its epoch chosen on --dataset",
+    )
     p.add_argument("--pretrain", default="{}", help="PretrainConfig overrides, JSON")
     p.add_argument("--checkpoint", default=None, help="use this best.pt instead of pre-training")
     p.add_argument("--n-way", type=int, default=5)
@@ -119,9 +136,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
     work, out = Path(args.work_dir), Path(args.out_dir)
     if args.shift is not None and args.dataset != "synthetic":
         raise SystemExit("--shift is the synthetic dataset's dial; leave it out for other datasets")
-    # The row's dataset label names the dial level; each level searches in its own folder.
-    label = args.dataset if args.shift is None else f"{args.dataset}-shift{args.shift:g}"
-    search_root = work if args.shift is None else work / f"shift{args.shift:g}"
+    if args.shift is not None and args.target is not None:
+        raise SystemExit("give --shift or --target, not both")
+    try:
+        target = None if args.target is None else parse_cross_domain(args.target)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    # The row's dataset label names the dial level or the target; each searches in its own folder.
+    if args.shift is not None:
+        label, search_root = f"{args.dataset}-shift{args.shift:g}", work / f"shift{args.shift:g}"
+    elif target is not None:
+        label, search_root = f"{args.dataset}-to-{target[0]}", work / f"to-{target[0]}"
+    else:
+        label, search_root = args.dataset, work
     names = ["searched", *workflow.fixed_strategies(1, 0.01)]
     targets = {
         (k, name): out / row_name(label, args.backbone, args.method, args.n_way, k, name)
@@ -138,9 +165,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
     base = load_dataset(args.dataset, args.base_split, **load)
     size = base.images.shape[-1]
     base_val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size)
-    shifted = {} if args.shift is None else {"shift": args.shift}
-    val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size, **shifted)
-    novel = load_dataset(args.dataset, args.novel_split, root=args.root, image_size=size, **shifted)
+    if target is None:
+        shifted = {} if args.shift is None else {"shift": args.shift}
+        val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size, **shifted)
+        novel = load_dataset(
+            args.dataset, args.novel_split, root=args.root, image_size=size, **shifted
+        )
+    else:
+        name, target_val, target_test = target
+        val, novel = (
+            match_format(load_dataset(name, split, root=args.root), base.channels, size)
+            for split in (target_val, target_test)
+        )
 
     settings = {
         "method": args.method,
@@ -203,6 +239,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             "splits": {"base": args.base_split, "val": args.val_split, "novel": args.novel_split},
             "image_size": size,
             "target_shift": args.shift,
+            "target": None
+            if target is None
+            else dict(zip(("dataset", "val_split", "test_split"), target, strict=True)),
             "n_query": args.n_query,
             "val_episodes": args.val_episodes,
             "search": asdict(found.config),
@@ -238,9 +277,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             }
             record["device"] = record["provenance"]["device"]
             record["commit"] = record["provenance"]["git_commit"]
-            target = targets[(k_shot, r.strategy)]
-            written.append(atomic_write_json(target, record))
-            print(f"{target.name}: {100 * r.mean:.2f} ± {100 * r.ci95:.2f} % ({r.scheme})")
+            path = targets[(k_shot, r.strategy)]
+            written.append(atomic_write_json(path, record))
+            print(f"{path.name}: {100 * r.mean:.2f} ± {100 * r.ci95:.2f} % ({r.scheme})")
     return written
 
 

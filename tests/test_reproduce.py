@@ -72,3 +72,47 @@ def test_shift_is_refused_outside_the_synthetic_dial(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="synthetic dataset's dial"):
         reproduce.main(argv)
     assert not any(tmp_path.iterdir())  # nothing run, nothing written
+
+
+@pytest.mark.slow
+def test_cross_domain_target_is_converted_searched_apart_and_labelled(tmp_path: Path) -> None:
+    reproduce = _module("reproduce")
+    argv = [
+        "--dataset", "synthetic", "--image-size", "16", "--backbone", "conv4",
+        "--pretrain", '{"epochs": 1, "epoch_images": 160, "batch_size": 32, "val_episodes": 2}',
+        "--target", "synthetic:val:test",  # loaded at its own size, resized to 16 px
+        "--shots", "1", "--n-query", "2",
+        "--search", '{"population": 2, "generations": 1, "top_k": 1}',
+        "--val-episodes", "2", "--passes", "1", "--test-episodes", "2",
+        "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "rows"),
+    ]  # fmt: skip
+    written = reproduce.main(argv)
+    name = "synthetic-to-synthetic_conv4_baseline++_5way_1shot_searched.json"
+    assert written[0].name == name and len(written) == 5
+    row = json.loads(written[0].read_text())
+    assert row["dataset"] == "synthetic-to-synthetic"
+    assert row["protocol"]["target"] == {
+        "dataset": "synthetic",
+        "val_split": "val",
+        "test_split": "test",
+    }
+    assert row["protocol"]["image_size"] == 16
+    assert (tmp_path / "work" / "to-synthetic").is_dir()  # its own search folder
+    assert (tmp_path / "work" / "pretrain").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--target", "omniglot:test"], "expected 'name' or 'name:val_split:test_split'"),
+        (["--target", "omniglot", "--shift", "0.5"], "not both"),
+    ],
+)
+def test_bad_target_is_refused_before_anything_runs(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    reproduce = _module("reproduce")
+    argv = ["--dataset", "synthetic", "--work-dir", str(tmp_path), *extra]
+    with pytest.raises(SystemExit, match=message):
+        reproduce.main(argv)
+    assert not any(tmp_path.iterdir())
