@@ -11,7 +11,8 @@ Steps, each resumable in ``--work-dir`` (run the same command again after an int
 pre-training (``pretrain/``, resumes from ``last.pt``; or ``--checkpoint`` to use an existing
 one), then per shot the evolutionary search on validation episodes (``search/``, resumes after the
 last finished generation) and the test of the searched scheme beside the fixed strategies
-(:func:`ptx_utils.workflow.transfer_strategies`) on identical test episodes. Each (shot,
+(:func:`ptx_utils.workflow.transfer_strategies`) on identical test episodes (``test/``, resumes
+after the last finished strategy). Each (shot,
 strategy) becomes one JSON in ``--out-dir`` named
 ``<dataset>_<backbone>_<method>_<n>way_<k>shot_<strategy>.json``: the numbers, the searched
 scheme, times, device, commit and the exact command (see :data:`ROW_FIELDS`). Existing JSONs are
@@ -29,6 +30,7 @@ chosen on ``--dataset``'s own validation split, and each target searches in its 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import json
 import shlex
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"{len(existing)} row(s) already exist, e.g. {existing[0]}; remove them to redo "
             "those rows (nothing was run)"
         )
+    # Commit, versions and device as the run starts: the code that made the rows (the tree may
+    # change while a long run goes on).
+    started = provenance(seed=args.seed, device=args.device)
     load = {"root": args.root, "image_size": args.image_size}
     base = load_dataset(args.dataset, args.base_split, **load)
     size = base.images.shape[-1]
@@ -173,8 +178,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
         )
     else:
         name, target_val, target_test = target
+        # At the backbone's size from the source pixels, then to its channels.
         val, novel = (
-            match_format(load_dataset(name, split, root=args.root), base.channels, size)
+            match_format(
+                load_dataset(name, split, root=args.root, image_size=size), base.channels, size
+            )
             for split in (target_val, target_test)
         )
 
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             cfg,
             seed=args.seed,
             device=args.device,
+            checkpoint_dir=search_root / "test",
         )
         test_seconds = time.perf_counter() - start
         evaluation = rows.attrs["evaluations"][str(k_shot)]
@@ -248,6 +257,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             "finetune": rows.attrs["finetune_config"],
             "seed": args.seed,
         }
+        finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         for r in summary_table(rows).itertuples():
             record = {
                 "dataset": label,
@@ -273,7 +283,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "device": None,
                 "commit": None,
                 "command": command,
-                "provenance": provenance(seed=args.seed, device=args.device),
+                "provenance": {**started, "finished": finished},
             }
             record["device"] = record["provenance"]["device"]
             record["commit"] = record["provenance"]["git_commit"]

@@ -4,7 +4,8 @@
 
 Prints Markdown in the style of LibFewShot's ``reproduce/`` pages: per setting (dataset, backbone,
 pre-training method, n-way k-shot) one line per strategy — the published number where a paper
-reports this protocol, ptx-kit's mean ± 95 % CI, the scheme, device and time — then the exact
+reports this protocol, ptx-kit's mean ± 95 % CI, the scheme, the pre-training (epochs run, the
+best epoch, time), the search and test time and the device — then the exact
 command of each setting. Every number printed comes from a JSON file; nothing is typed in except
 the published numbers in :data:`PAPER`.
 """
@@ -63,13 +64,24 @@ def _paper(r: dict[str, Any]) -> str:
     return f"{number:.2f} ({source}{extra})"
 
 
+def _pretrain(info: dict[str, Any]) -> str:
+    """``30 ep (best 8), 7.7 min`` from a row's ``pretrain`` record (or where the weights came
+    from when the row used a given checkpoint)."""
+    if "config" not in info:
+        return f"given `{info.get('checkpoint', '?')}`"
+    epochs = info["config"].get("epochs", "?")
+    seconds = sum(h.get("seconds", 0.0) for h in info.get("history", []))
+    return f"{epochs} ep (best {info['best_epoch']}), {_minutes(seconds)}"
+
+
 def render(rows: Iterable[dict[str, Any]]) -> str:
     """The Markdown table and the commands, one numbered command per setting."""
     rows = list(rows)
     commands: list[str] = []
     lines = [
-        "| setting | strategy (scheme) | paper | ptx-kit | time | device | cmd |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| setting | strategy (scheme) | paper | ptx-kit | pre-train | search + test | device "
+        "| cmd |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         if r["command"] not in commands:
@@ -81,17 +93,19 @@ def render(rows: Iterable[dict[str, Any]]) -> str:
         if r["strategy"] == "searched":
             ours = f"**{ours}**"
         # The search and the test of all strategies are one job per setting: on the first row.
+        first = r["strategy"] == "searched"
         time = (
             f"search {r['search_candidates']} schemes {_minutes(r['search_seconds'])}, "
             f"test (all strategies) {_minutes(r['test_seconds'])}"
-            if r["strategy"] == "searched"
+            if first
             else ""
         )
+        pretrained = _pretrain(r["pretrain"]) if first else ""
         number = commands.index(r["command"]) + 1
         scheme = r["scheme"].replace("|", "\\|")  # a bare | would end the table cell
         lines.append(
-            f"| {setting} | {r['strategy']} (`{scheme}`) | {_paper(r)} | {ours} | {time} "
-            f"| {r['device']} | [{number}] |"
+            f"| {setting} | {r['strategy']} (`{scheme}`) | {_paper(r)} | {ours} | {pretrained} "
+            f"| {time} | {r['device']} | [{number}] |"
         )
     lines.append("")
     lines.extend(f"[{i}] `{c}`  " for i, c in enumerate(commands, 1))

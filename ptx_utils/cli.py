@@ -2,6 +2,7 @@
 
 ptx run --preset {smoke,demo,paper} [--dataset NAME] [--backbone NAME] [--run-dir DIR]
         [-p KEY=VALUE ...]
+ptx run --resume RUN_DIR [-p data_root=DIR] [-p device=...]
 ptx data check NAME [--root DIR] [--image-size N] [-o KEY=VALUE ...]
 ptx data list
 """
@@ -34,7 +35,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute notebooks 01->05 with papermill into a run dir")
-    run.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    run.add_argument("--preset", choices=sorted(PRESETS), help="parameter preset (default: demo)")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its first unfinished notebook, same parameters",
+    )
     run.add_argument("--dataset", help="dataset name (see `ptx data list`)")
     run.add_argument("--backbone", help="backbone name")
     run.add_argument("--run-dir", help="a new run dir (default: runs/<preset>-<dataset>-<time>)")
@@ -70,14 +76,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ptx_utils.pipeline import PipelineError, run_pipeline
+    from ptx_utils.pipeline import PipelineError, resume_pipeline, run_pipeline
 
     overrides = dict(args.param)
-    for key in ("dataset", "backbone"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
     try:
-        path = run_pipeline(args.preset, overrides, args.run_dir, args.runs_root)
+        if args.resume is not None:
+            given = [k for k in ("preset", "dataset", "backbone", "run_dir") if getattr(args, k)]
+            if given:
+                flags = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+                raise PipelineError(
+                    f"--resume continues a run with its own parameters; leave out {flags}"
+                )
+            path = resume_pipeline(args.resume, overrides)
+        else:
+            for key in ("dataset", "backbone"):
+                if getattr(args, key) is not None:
+                    overrides[key] = getattr(args, key)
+            path = run_pipeline(args.preset or "demo", overrides, args.run_dir, args.runs_root)
     except PipelineError as exc:
         print(f"ptx run: {exc}", file=sys.stderr)
         return 1

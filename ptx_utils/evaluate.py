@@ -17,6 +17,7 @@ Accuracies in the frames are fractions in [0, 1]; only the LaTeX table shows per
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -125,6 +126,7 @@ def evaluate_strategies(
     device: str | torch.device = "auto",
     chunk_size: int | None = None,
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """Fine-tune and score every strategy on every episode.
 
@@ -140,6 +142,13 @@ def evaluate_strategies(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         chunk_size: replicas per batched step (batched engine only; None lets it choose).
         progress: show a progress bar.
+        checkpoint_dir: when given, the evaluation resumes: each strategy's rows are saved there
+            (:func:`strategy_checkpoint`) as soon as it is done, and a strategy already saved for
+            the same episodes, scheme, seed and fine-tuning protocol is loaded instead of run
+            again — an interrupted job loses at most the strategy it was on, and the resumed
+            rows equal an uninterrupted run's (each strategy is evaluated on its own either way;
+            a replica's seed depends on its episode only). A saved file for other settings is
+            refused.
 
     Returns:
         A tidy frame, one row per (strategy, episode), strategy-major, with columns
@@ -147,6 +156,19 @@ def evaluate_strategies(
         ``diverged`` (bool) and the replica ``seed``. ``attrs`` carries the run's metadata
         (engine, device, seed, episodes digest, cfg, strategies) for :func:`write_results`.
     """
+    if checkpoint_dir is not None:
+        options = {"engine": engine, "device": device, "chunk_size": chunk_size}
+        return _evaluate_resumable(
+            backbone,
+            strategies,
+            dataset,
+            episodes,
+            cfg,
+            seed,
+            Path(checkpoint_dir),
+            options,
+            progress,
+        )
     cfg = FinetuneConfig() if cfg is None else cfg
     engine = default_engine() if engine is None else engine
     if engine not in ENGINES:
@@ -200,6 +222,72 @@ def evaluate_strategies(
             "strategies": {name: scheme.to_dict() for name, scheme in strategies.items()},
         }
     )
+    return rows
+
+
+def strategy_checkpoint(checkpoint_dir: str | Path, episodes: Episodes, strategy: str) -> Path:
+    """Where :func:`evaluate_strategies` keeps one strategy's rows: ``<n>way_<k>shot_<q>query_
+    <strategy>.csv`` (and its metadata beside it, same stem, ``.json``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", strategy).strip("-")
+    stem = f"{episodes.n_way}way_{episodes.k_shot}shot_{episodes.n_query}query_{slug}"
+    return Path(checkpoint_dir) / f"{stem}.csv"
+
+
+#: The metadata a saved strategy must share with the evaluation that would reuse it.
+_RESUME_KEYS = ("episodes_digest", "dataset_fingerprint", "seed", "finetune_config")
+
+
+def _evaluate_resumable(
+    backbone: Backbone,
+    strategies: Mapping[str, Scheme],
+    dataset: FewShotDataset,
+    episodes: Episodes,
+    cfg: FinetuneConfig | None,
+    seed: int,
+    checkpoint_dir: Path,
+    options: Mapping[str, Any],
+    progress: bool,
+) -> pd.DataFrame:
+    """:func:`evaluate_strategies` one strategy at a time, saving or reusing each one."""
+    cfg = FinetuneConfig() if cfg is None else cfg
+    _check_strategies(backbone, strategies)
+    expected = {
+        "episodes_digest": episodes.digest(),
+        "dataset_fingerprint": episodes.dataset_fingerprint,
+        "seed": int(seed),
+        "finetune_config": json.loads(json.dumps(asdict(cfg))),
+    }
+    frames, metas = [], []
+    for name, scheme in strategies.items():
+        path = strategy_checkpoint(checkpoint_dir, episodes, name)
+        meta_path = path.with_suffix(".json")
+        if meta_path.exists():  # written after the CSV: its presence means the strategy is done
+            meta = json.loads(meta_path.read_text())
+            saved = {k: meta.get(k) for k in _RESUME_KEYS}
+            saved_scheme = meta.get("strategies", {}).get(name)
+            if saved != expected or saved_scheme != json.loads(json.dumps(scheme.to_dict())):
+                raise ValueError(
+                    f"{meta_path} holds strategy {name!r} for other settings (episodes, seed, "
+                    "fine-tuning protocol or scheme differ); use another checkpoint directory or "
+                    "remove that file to evaluate again"
+                )
+            rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
+            rows["accuracy"] = rows["accuracy"].astype(float)
+            rows["diverged"] = rows["diverged"].astype(bool)
+        else:
+            rows = evaluate_strategies(
+                backbone, {name: scheme}, dataset, episodes, cfg, seed, progress=progress, **options
+            )
+            meta = json.loads(json.dumps(rows.attrs, default=str))
+            atomic_write_text(path, rows.to_csv(index=False))
+            atomic_write_json(meta_path, meta)
+        frames.append(rows[list(ROW_COLUMNS)])
+        metas.append(meta)
+    rows = pd.concat(frames, ignore_index=True)
+    rows.attrs.update({**metas[0], **expected})
+    rows.attrs["device"] = ", ".join(dict.fromkeys(m["device"] for m in metas))
+    rows.attrs["engine"] = ", ".join(dict.fromkeys(m["engine"] for m in metas))
+    rows.attrs["strategies"] = {name: scheme.to_dict() for name, scheme in strategies.items()}
     return rows
 
 

@@ -4,11 +4,19 @@ The run directory ``runs/<name>/`` receives ``params.json`` (parameters + proven
 executed notebook; the notebooks write their own results and figures under it. An existing run is
 never overwritten. A failing notebook stops the pipeline; its partially executed copy is kept in
 the run directory and the failing cell's error is shown.
+
+``timings.json`` lists the notebooks finished so far, updated after each one. ``ptx run --resume
+RUN_DIR`` (:func:`resume_pipeline`) continues a run that stopped — a failure, or a job killed at
+its time limit — from its first unfinished notebook with the same parameters; that notebook's
+long stages resume from their own checkpoints (pre-training from ``pretrain/last.pt``, each search
+after its last finished generation). The partial copy of the interrupted notebook is kept as
+``<notebook>.attempt-<n>.ipynb``. This is how the ``paper`` preset runs as a series of short jobs.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -20,6 +28,8 @@ from ptx_utils.runs import atomic_write_json, new_run_dir, provenance, write_par
 
 NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+#: Parameters a resumed run may change: where things are, not what is computed.
+RESUME_OVERRIDES = ("data_root", "device", "runs_root")
 
 
 class PipelineError(RuntimeError):
@@ -107,6 +117,21 @@ def execute_notebook(notebook: Path, run_dir: Path, params: Mapping[str, Any]) -
     return output
 
 
+def _execute(
+    path: Path, params: Mapping[str, Any], notebooks: list[Path], timings: dict[str, Any]
+) -> Path:
+    """Run ``notebooks`` in order into ``path``, recording each finished one in ``timings.json``."""
+    from tqdm.auto import tqdm
+
+    for notebook in tqdm(notebooks, desc=f"ptx run {path.name}", unit="notebook"):
+        start = time.perf_counter()
+        execute_notebook(notebook, path, params)
+        timings["seconds"][notebook.stem] = round(time.perf_counter() - start, 2)
+        timings["provenance"] = provenance(seed=params.get("seed"))
+        atomic_write_json(path / "timings.json", timings)
+    return path
+
+
 def run_pipeline(
     preset: str,
     overrides: Mapping[str, Any] | None = None,
@@ -115,17 +140,64 @@ def run_pipeline(
     notebook_dir: Path = NOTEBOOK_DIR,
 ) -> Path:
     """Execute notebooks 01 -> 05 (those present) on ``preset`` + ``overrides``; return run dir."""
-    from tqdm.auto import tqdm
-
     notebooks = find_notebooks(Path(notebook_dir))
     path, params = prepare_run(preset, overrides, run_dir, runs_root)
-    timings = {}
-    for notebook in tqdm(notebooks, desc=f"ptx run {path.name}", unit="notebook"):
-        start = time.perf_counter()
-        execute_notebook(notebook, path, params)
-        timings[notebook.stem] = round(time.perf_counter() - start, 2)
-    atomic_write_json(
-        path / "timings.json",
-        {"seconds": timings, "provenance": provenance(seed=params.get("seed"))},
+    return _execute(path, params, notebooks, {"seconds": {}, "resumes": []})
+
+
+def resume_pipeline(
+    run_dir: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> Path:
+    """Continue the run in ``run_dir`` from its first unfinished notebook; return the run dir.
+
+    Parameters come from the run's ``params.json``; ``overrides`` may change only
+    :data:`RESUME_OVERRIDES` (e.g. the data root on another machine). Raises
+    :class:`PipelineError` when ``run_dir`` is not a run or has nothing left to do.
+    """
+    path = Path(run_dir)
+    params_file = path / "params.json"
+    if not params_file.is_file():
+        raise PipelineError(
+            f"{path} is not a ptx run directory (no params.json); start a run with "
+            "`ptx run --preset ...` and resume that one"
+        )
+    refused = sorted(set(overrides or {}) - set(RESUME_OVERRIDES))
+    if refused:
+        raise PipelineError(
+            f"a resumed run keeps its parameters; {', '.join(refused)} cannot change (only "
+            f"{', '.join(RESUME_OVERRIDES)} can). Start a new run to change them."
+        )
+    params = json.loads(params_file.read_text())["params"]
+    params.update(overrides or {})
+    if params.get("data_root"):
+        params["data_root"] = str(Path(params["data_root"]).expanduser().resolve())
+    params["run_dir"] = str(path.resolve())  # the run may have moved to another machine
+    timings_file = path / "timings.json"
+    timings = (
+        json.loads(timings_file.read_text())
+        if timings_file.is_file()
+        else {"seconds": {}, "resumes": []}
     )
-    return path
+    timings.setdefault("resumes", [])
+    left = [nb for nb in find_notebooks(Path(notebook_dir)) if nb.stem not in timings["seconds"]]
+    if not left:
+        raise PipelineError(f"every notebook of {path} has finished; nothing to resume")
+    kept = None
+    partial = path / left[0].name
+    if partial.exists():  # the interrupted attempt's notebook: keep it beside the new one
+        n = 1
+        while (kept := path / f"{left[0].stem}.attempt-{n}.ipynb").exists():
+            n += 1
+        partial.rename(kept)
+    timings["resumes"].append(
+        {
+            "at": _dt.datetime.now().isoformat(timespec="seconds"),
+            "from": left[0].stem,
+            "kept": kept.name if kept else None,
+            "overrides": dict(overrides or {}),
+        }
+    )
+    atomic_write_json(timings_file, timings)
+    return _execute(path, params, left, timings)

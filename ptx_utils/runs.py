@@ -92,13 +92,30 @@ def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, 
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the architecture, e.g. ``x86_64``.
+
+    Two CPUs of one architecture may still give different floating-point results (different
+    kernels), so results name the model.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return f"{value.strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_description(device: str | None = None) -> str:
     """A human-readable name of the compute device (GPU name, or the CPU and its core count)."""
     import torch
 
     if (device is None or str(device).startswith("cuda")) and torch.cuda.is_available():
         return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    return f"cpu: {cpu_model()}, {os.cpu_count()} cores"
 
 
 def provenance(seed: int | None = None, device: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -247,17 +247,23 @@ def evaluate_shots(
     cfg: FinetuneConfig,
     seed: int = 0,
     device: str = "auto",
+    checkpoint_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """:func:`~ptx_utils.evaluate.evaluate_strategies` for each ``k_shot -> strategies``.
 
     Episodes of each shot are ``sample_episodes(dataset, n_way, k_shot, n_query, n_episodes,
-    seed)`` — those notebook 01 lists. Returns the rows of all shots, one frame;
-    ``attrs["evaluations"]`` keeps each evaluation's metadata by shot.
+    seed)`` — those notebook 01 lists. With ``checkpoint_dir`` every (shot, strategy) is saved
+    there when done and an interrupted call resumes (see ``evaluate_strategies``). Returns the
+    rows of all shots, one frame; ``attrs["evaluations"]`` keeps each evaluation's metadata by
+    shot.
     """
     frames, meta = [], {}
     for k_shot, named in strategies.items():
         episodes = sample_episodes(dataset, n_way, k_shot, n_query, n_episodes, seed)
-        rows = evaluate_strategies(backbone, named, dataset, episodes, cfg, seed, device=device)
+        rows = evaluate_strategies(
+            backbone, named, dataset, episodes, cfg, seed, device=device,
+            checkpoint_dir=checkpoint_dir,
+        )  # fmt: skip
         meta[str(k_shot)] = dict(rows.attrs)
         frames.append(rows)
     rows = pd.concat(frames, ignore_index=True)
@@ -356,8 +362,8 @@ def shift_targets(
 
     For the synthetic dataset: one target per ``shift_levels`` value (the dial; the same classes
     and drawings at every level). For a real dataset: its own ``novel_split`` first. Then every
-    ``cross_domain`` entry (:func:`parse_cross_domain`), converted to the backbone's ``channels``
-    and ``image_size`` (:func:`~ptx_utils.data.convert.match_format`).
+    ``cross_domain`` entry (:func:`parse_cross_domain`), loaded at the backbone's ``image_size``
+    and converted to its ``channels`` (:func:`~ptx_utils.data.convert.match_format`).
     """
     targets: list[Target] = []
 
@@ -387,7 +393,9 @@ def shift_targets(
         )
     for entry in cross_domain:
         name, val, test = parse_cross_domain(entry)
-        load = {"root": data_root, "image_size": None if name != "synthetic" else image_size}
+        # Loaded at the backbone's size from the source pixels (one resize, e.g. Omniglot's
+        # 105 px straight to 84); match_format then converts the channels.
+        load = {"root": data_root, "image_size": image_size}
         add(
             f"{name}/{test}",
             math.nan,
@@ -436,7 +444,8 @@ def run_domain_shift(
     """Search a scheme on each target's validation classes, then test it beside the fixed
     strategies on the target's novel classes; write everything under ``run_dir``.
 
-    Searches go to ``run_dir/shift/<target>/`` (and resume from there); results to
+    Searches go to ``run_dir/shift/<target>/`` and the tests to ``run_dir/shift/<target>/test/``
+    (both resume from there); results to
     ``run_dir/results/domain_shift_{episodes,summary,schemes}.csv``, ``domain_shift_summary.tex``
     and ``domain_shift_provenance.json``, which must not exist yet.
     """
@@ -477,8 +486,9 @@ def run_domain_shift(
         strategies = transfer_strategies(best.scheme)
         test_eps = sample_episodes(target.test, n_way, k_shot, n_query, n_test_episodes, seed)
         rows = evaluate_strategies(
-            backbone, strategies, target.test, test_eps, cfg, seed, device=device
-        )
+            backbone, strategies, target.test, test_eps, cfg, seed, device=device,
+            checkpoint_dir=Path(run_dir) / "shift" / target.slug / "test",
+        )  # fmt: skip
         rows.insert(0, "shift", target.shift)
         rows.insert(0, "order", target.order)
         rows.insert(0, "target", target.label)

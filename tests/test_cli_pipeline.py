@@ -13,7 +13,7 @@ from conftest import DATA_ROOT, requires_data_root
 from ptx_utils import workflow
 from ptx_utils.cli import main, parse_assignment
 from ptx_utils.evaluate import ROW_COLUMNS, SUMMARY_COLUMNS
-from ptx_utils.pipeline import NOTEBOOKS, PipelineError, run_pipeline
+from ptx_utils.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
 
 
 def _rows(out: str) -> dict[str, list[str]]:
@@ -193,6 +193,34 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
     assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 1
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
+    # As if the job had been killed in notebook 03 during the 5-shot full fine-tune: resuming
+    # re-runs 03 -> 05, evaluates only that strategy again and gives the same results.
+    saved = {name: (results / name).read_text() for name in ("transfer_summary.csv",)}
+    saved["shift"] = (results / "domain_shift_summary.csv").read_text()
+    timings_file = run_dir / "timings.json"
+    timings = json.loads(timings_file.read_text())
+    for stem in ("03_transfer", "04_domain_shift", "05_analysis"):
+        del timings["seconds"][stem]
+    timings_file.write_text(json.dumps(timings))
+    for path in [*results.glob("transfer_*"), *results.glob("domain_shift_*")]:
+        path.unlink()
+    unfinished = run_dir / "transfer" / "5way_5shot_15query_full-fine-tune.json"
+    kept = {
+        p: p.stat().st_mtime_ns
+        for p in (run_dir / "transfer").glob("*.csv")
+        if p.stem != unfinished.stem
+    }
+    unfinished.unlink()
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert (results / "transfer_summary.csv").read_text() == saved["transfer_summary.csv"]
+    assert (results / "domain_shift_summary.csv").read_text() == saved["shift"]
+    assert unfinished.is_file()  # evaluated again ...
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # ... and only it
+    assert (run_dir / "03_transfer.attempt-1.ipynb").is_file()
+    timings = json.loads(timings_file.read_text())
+    assert list(timings["seconds"]) == list(NOTEBOOKS)
+    assert timings["resumes"][0]["from"] == "03_transfer"
+
 
 @requires_data_root
 @pytest.mark.realdata
@@ -232,26 +260,75 @@ def test_unknown_parameter_is_refused(tmp_path: Path) -> None:
         run_pipeline("smoke", {"n_wya": 3}, run_dir=tmp_path / "r")
 
 
-def test_failing_notebook_stops_and_keeps_partial_output(tmp_path: Path) -> None:
-    nb_dir = tmp_path / "notebooks"
-    nb_dir.mkdir()
+def _notebook(path: Path, *sources: str) -> None:
+    """A notebook with a ``parameters`` cell (``run_dir``) and then one code cell per source."""
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("run_dir = '.'")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell("print('before')"),
-        nbformat.v4.new_code_cell("raise ValueError('boom in cell three')"),
-    ]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(src) for src in sources)]
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
-    nbformat.write(nb, nb_dir / "01_pretrain.ipynb")
-    nbformat.write(nb, nb_dir / "02_search.ipynb")
+    nbformat.write(nb, path)
+
+
+def test_failing_notebook_stops_and_keeps_partial_output(tmp_path: Path) -> None:
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    cells = ("print('before')", "raise ValueError('boom in cell three')")
+    _notebook(nb_dir / "01_pretrain.ipynb", *cells)
+    _notebook(nb_dir / "02_search.ipynb", *cells)
     with pytest.raises(PipelineError, match=r"01_pretrain.ipynb failed.*ValueError: boom"):
         run_pipeline("smoke", run_dir=tmp_path / "run", notebook_dir=nb_dir)
     partial = nbformat.read(tmp_path / "run" / "01_pretrain.ipynb", as_version=4)
     assert any(o.get("text") == "before\n" for c in partial.cells for o in c.get("outputs", []))
     assert not (tmp_path / "run" / "02_search.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_first_unfinished_notebook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped in 02 (a failure here; a job killed at its time limit alike) resumes there
+    with its own parameters: 01 is not run again, 02's partial copy is kept."""
+    nb_dir, run = tmp_path / "notebooks", tmp_path / "run"
+    nb_dir.mkdir()
+    log = "open(f'{run_dir}/log.txt', 'a').write(f'{NAME} {n_way} {data_root}\\n')"
+    _notebook(nb_dir / "01_pretrain.ipynb", log.replace("{NAME}", "01"))
+    fail = "import os\nif os.environ.get('PTX_TEST_STOP'): raise RuntimeError('time limit')"
+    _notebook(nb_dir / "02_search.ipynb", fail, log.replace("{NAME}", "02"))
+    _notebook(nb_dir / "03_transfer.ipynb", log.replace("{NAME}", "03"))
+    monkeypatch.setenv("PTX_TEST_STOP", "1")
+    with pytest.raises(PipelineError, match=r"02_search\.ipynb failed"):
+        run_pipeline("smoke", {"n_way": 3}, run_dir=run, notebook_dir=nb_dir)
+    assert list(json.loads((run / "timings.json").read_text())["seconds"]) == ["01_pretrain"]
+
+    with pytest.raises(PipelineError, match="keeps its parameters; n_way cannot change"):
+        resume_pipeline(run, {"n_way": 5}, notebook_dir=nb_dir)
+    monkeypatch.delenv("PTX_TEST_STOP")
+    moved = tmp_path / "elsewhere"  # e.g. carried to another machine, data at another path
+    run.rename(moved)
+    resume_pipeline(moved, {"data_root": str(tmp_path / "data")}, notebook_dir=nb_dir)
+
+    data_root = str((tmp_path / "data").resolve())
+    assert (moved / "log.txt").read_text().splitlines() == [
+        f"01 3 {json.loads((moved / 'params.json').read_text())['params']['data_root']}",
+        f"02 3 {data_root}",
+        f"03 3 {data_root}",
+    ]
+    kept = nbformat.read(moved / "02_search.attempt-1.ipynb", as_version=4)
+    assert any(o.output_type == "error" for c in kept.cells for o in c.get("outputs", []))
+    timings = json.loads((moved / "timings.json").read_text())
+    assert list(timings["seconds"]) == ["01_pretrain", "02_search", "03_transfer"]
+    assert [(r["from"], r["kept"]) for r in timings["resumes"]] == [
+        ("02_search", "02_search.attempt-1.ipynb")
+    ]
+
+    with pytest.raises(PipelineError, match="nothing to resume"):
+        resume_pipeline(moved, notebook_dir=nb_dir)
+    with pytest.raises(PipelineError, match="not a ptx run directory"):
+        resume_pipeline(tmp_path / "notebooks", notebook_dir=nb_dir)
+    assert main(["run", "--resume", str(moved), "--preset", "paper"]) == 1
+    assert "leave out --preset" in capsys.readouterr().err

@@ -258,6 +258,51 @@ def test_batched_engine_gets_the_same_replicas(
     pd.testing.assert_frame_equal(batched, rows)
 
 
+def test_checkpointed_evaluation_resumes_per_strategy(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    rows: pd.DataFrame,
+    setup: tuple[Backbone, FewShotDataset, Episodes, dict[str, Scheme]],
+) -> None:
+    """With ``checkpoint_dir`` each strategy is saved when done; a job killed during the second
+    strategy re-runs only that one and the rows equal one uninterrupted evaluation."""
+    backbone, dataset, episodes, strategies = setup
+    run = {"engine": "sequential", "device": "cpu", "progress": False, "checkpoint_dir": tmp_path}
+    first = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, SEED, **run)
+    pd.testing.assert_frame_equal(first, rows)
+    assert first.attrs["episodes_digest"] == rows.attrs["episodes_digest"]
+    assert list(first.attrs["strategies"]) == list(strategies)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert saved == sorted(
+        f"5way_2shot_4query_{slug}.{ext}"
+        for slug in ("linear-probe", "full-fine-tune", "diverging")
+        for ext in ("csv", "json")
+    )
+
+    # The kill: the second strategy's metadata (written last) never made it to disk.
+    (tmp_path / "5way_2shot_4query_full-fine-tune.json").unlink()
+    evaluated: list[list[str]] = []
+    real = ev.evaluate_strategies
+
+    def spy(backbone, strategies, *args, **kwargs):
+        if kwargs.get("checkpoint_dir") is None:
+            evaluated.append(list(strategies))
+        return real(backbone, strategies, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate_strategies", spy)
+    resumed = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, SEED, **run)
+    assert evaluated == [["full fine-tune"]]
+    pd.testing.assert_frame_equal(resumed, rows)
+    summary = ev.summary_table(resumed)
+    pd.testing.assert_frame_equal(summary, ev.summary_table(rows))
+
+    # Saved rows for other settings are refused, not mixed in.
+    with pytest.raises(ValueError, match="for other settings"):
+        real(backbone, strategies, dataset, episodes, FinetuneConfig(passes=3), SEED, **run)
+    with pytest.raises(ValueError, match="for other settings"):
+        real(backbone, strategies, dataset, episodes, CFG, SEED + 1, **run)
+
+
 def test_real_batched_engine_agrees_with_sequential(
     rows: pd.DataFrame, setup: tuple[Backbone, FewShotDataset, Episodes, dict[str, Scheme]]
 ) -> None:

@@ -44,6 +44,8 @@ def test_rows_written_refused_again_and_rendered(tmp_path: Path) -> None:
     assert len({r["episodes_digest"] for r in rows}) == 1  # identical test episodes
     assert searched["command"].startswith("python benchmarks/reproduce.py --dataset synthetic")
     assert searched["commit"] and searched["device"].startswith("cpu")
+    started = searched["provenance"]
+    assert started["git_commit"] == searched["commit"] and started["date"] <= started["finished"]
     assert len(searched["pretrain"]["sha256"]) == 64
 
     before = {p: p.read_bytes() for p in written}
@@ -55,6 +57,7 @@ def test_rows_written_refused_again_and_rendered(tmp_path: Path) -> None:
     assert text.count("| synthetic conv4 baseline++ 5-way 1-shot |") == 5
     assert f"{100 * searched['mean']:.2f} ± {100 * searched['ci95']:.2f}" in text
     assert "[1] `python benchmarks/reproduce.py --dataset synthetic" in text
+    assert "| 1 ep (best 1), " in text  # the pre-training, on the setting's first line
 
 
 def test_paper_numbers_sit_beside_their_protocol() -> None:
