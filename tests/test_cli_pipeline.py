@@ -204,7 +204,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
     timings_file.write_text(json.dumps(timings))
     for path in [*results.glob("transfer_*"), *results.glob("domain_shift_*")]:
         path.unlink()
-    unfinished = run_dir / "transfer" / "5way_5shot_15query_full-fine-tune.json"
+    unfinished = run_dir / "transfer" / "5way_5shot_5query_full-fine-tune.json"
     kept = {
         p: p.stat().st_mtime_ns
         for p in (run_dir / "transfer").glob("*.csv")
