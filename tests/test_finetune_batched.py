@@ -105,12 +105,13 @@ def test_equals_sequential(conv4, episodes, head, shot) -> None:
 def test_bn_train_mode_mixed_in_one_chunk(conv4, episodes) -> None:
     """BN in train mode, replicas with different trained layers in one chunk (no prefix).
 
-    Two passes (14 steps at 5 shots): normalising by the statistics of 4-image batches makes full
-    fine-tuning of a random backbone chaotic, and over 5 passes a rounding-level difference grows
-    to ~2e-4 on some episodes (2 passes: 6e-7, 3: 8e-6, 5: 2e-4, measured) - not a difference a
-    test can tell from a bug. A wrongly mixed chunk is off from the first step.
+    One pass (7 steps at 5 shots): normalising by the statistics of 4-image batches makes full
+    fine-tuning of a random backbone chaotic, so a rounding-level difference grows with every
+    pass, and how fast depends on the CPU's float kernels (2 passes passed at 6e-7 on one CPU and
+    failed the 1e-4 tolerance on an AMD EPYC) - not a difference a test can tell from a bug. A
+    wrongly mixed chunk is off from the first step.
     """
-    cfg = FinetuneConfig(passes=2, bn_mode="train")
+    cfg = FinetuneConfig(passes=1, bn_mode="train")
     replicas = _mixed_replicas([*SCHEMES, last_k(4, 1, 0.01)])
     _check_equal_to_sequential(conv4, replicas, episodes[5], cfg, frozen_prefix=False)
     _check_equal_to_sequential(conv4, replicas[::3], episodes[1], cfg)
