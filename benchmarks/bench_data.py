@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from ptx_utils.data import load_dataset
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.runs import atomic_write_json, provenance
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.core.io import atomic_write_json, provenance
 
 
 def _time_load(name: str, split: str, cache: Path, **kwargs: Any) -> dict[str, Any]:

@@ -19,13 +19,13 @@ import time
 import torch
 
 from ptx_utils.data import load_dataset
-from ptx_utils.device import resolve_device
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.finetune import FinetuneConfig, finetune_sequential
-from ptx_utils.finetune_batched import Replica, finetune_batched
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
+from ptx_utils.finetuning.batched import Replica, finetune_batched
 from ptx_utils.models import create_backbone
-from ptx_utils.runs import atomic_write_json, provenance
-from ptx_utils.schemes import Scheme, full_finetune, last_k, linear_probe
+from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.finetuning.scheme import Scheme, full_finetune, last_k, linear_probe
 
 
 def _schemes(n_layers: int) -> list[Scheme]:

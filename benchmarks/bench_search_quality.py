@@ -30,16 +30,16 @@ from typing import Any
 
 import pandas as pd
 
-from ptx_utils.checkpoint import load_backbone
+from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
-from ptx_utils.device import resolve_device
-from ptx_utils.episodes import Episodes, sample_episodes
-from ptx_utils.evaluate import evaluate_strategies, paired_table, summary_table, write_results
-from ptx_utils.finetune import FinetuneConfig
-from ptx_utils.runs import atomic_write_json, provenance
-from ptx_utils.schemes import full_finetune, linear_probe
-from ptx_utils.search import SearchConfig, SearchResult, search
-from ptx_utils.viz import save_figure, scheme_heatmap, search_figure
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.episodes import Episodes, sample_episodes
+from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.finetuning.scheme import full_finetune, linear_probe
+from ptx_utils.search.loop import SearchConfig, SearchResult, search
+from ptx_utils.plots.figures import save_figure, scheme_heatmap, search_figure
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:

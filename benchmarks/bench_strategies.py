@@ -22,14 +22,14 @@ import time
 import warnings
 from pathlib import Path
 
-from ptx_utils.checkpoint import load_backbone
+from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
-from ptx_utils.device import resolve_device
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.evaluate import evaluate_strategies, paired_table, summary_table, write_results
-from ptx_utils.finetune import FinetuneConfig
-from ptx_utils.runs import atomic_write_json, provenance
-from ptx_utils.schemes import full_finetune, last_k, linear_probe
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.finetuning.scheme import full_finetune, last_k, linear_probe
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ Steps, each resumable in ``--work-dir`` (run the same command again after an int
 pre-training (``pretrain/``, resumes from ``last.pt``; or ``--checkpoint`` to use an existing
 one), then per shot the evolutionary search on validation episodes (``search/``, resumes after the
 last finished generation) and the test of the searched scheme beside the fixed strategies
-(:func:`ptx_utils.workflow.transfer_strategies`) on identical test episodes (``test/``, resumes
+(:func:`ptx_utils.steps.workflow.transfer_strategies`) on identical test episodes (``test/``, resumes
 after the last finished strategy). Each (shot,
 strategy) becomes one JSON in ``--out-dir`` named
 ``<dataset>_<backbone>_<method>_<n>way_<k>shot_<strategy>.json``: the numbers, the searched
@@ -40,14 +40,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ptx_utils import workflow
-from ptx_utils.checkpoint import load_backbone
+from ptx_utils.steps import workflow
+from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
 from ptx_utils.data.convert import match_format
-from ptx_utils.evaluate import summary_table
-from ptx_utils.pretrain import PretrainConfig, pretrain
-from ptx_utils.runs import atomic_write_json, provenance
-from ptx_utils.workflow import parse_cross_domain
+from ptx_utils.evaluation.harness import summary_table
+from ptx_utils.pretraining.loop import PretrainConfig, pretrain
+from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.steps.workflow import parse_cross_domain
 
 #: The keys of every row JSON, in order.
 ROW_FIELDS = (

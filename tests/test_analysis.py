@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from ptx_utils import analysis, viz, workflow
-from ptx_utils.evaluate import ROW_COLUMNS, summary_table
+from ptx_utils.plots import figures as viz
+from ptx_utils.steps import analysis, workflow
+from ptx_utils.evaluation.harness import ROW_COLUMNS, summary_table
 
 
 def _rows(means: dict[str, float], k_shots: tuple[int, ...] = (1, 5)) -> pd.DataFrame:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptx_utils.checkpoint import (
+from ptx_utils.models.checkpoint import (
     PART_BYTES,
     CheckpointError,
     join_checkpoint,

@@ -10,10 +10,10 @@ import nbformat
 import pytest
 from conftest import DATA_ROOT, requires_data_root
 
-from ptx_utils import workflow
-from ptx_utils.cli import main, parse_assignment
-from ptx_utils.evaluate import ROW_COLUMNS, SUMMARY_COLUMNS
-from ptx_utils.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
+from ptx_utils.steps import workflow
+from ptx_utils.running.cli import main, parse_assignment
+from ptx_utils.evaluation.harness import ROW_COLUMNS, SUMMARY_COLUMNS
+from ptx_utils.running.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
 
 
 def _rows(out: str) -> dict[str, list[str]]:

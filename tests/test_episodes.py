@@ -11,7 +11,7 @@ import torch
 from conftest import make_dataset
 
 from ptx_utils.data import DataError, FewShotDataset, load_dataset
-from ptx_utils.episodes import sample_episodes
+from ptx_utils.data.episodes import sample_episodes
 
 # Pinned digest of sample_episodes(synthetic test split, 5, 1, 15, 600, seed=0). The episodes
 # depend only on class names and per-class counts, so this must hold on every machine and
@@ -75,7 +75,7 @@ def test_tensors_refuse_another_split(synthetic_test: FewShotDataset) -> None:
 def test_digest_pinned_and_identical_in_a_separate_process() -> None:
     code = (
         "from ptx_utils.data import load_dataset;"
-        "from ptx_utils.episodes import sample_episodes;"
+        "from ptx_utils.data.episodes import sample_episodes;"
         "ds = load_dataset('synthetic', 'test', image_size=16, images_per_class=100);"
         "print(sample_episodes(ds, 5, 1, 15, 600, seed=0).digest())"
     )

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils import evaluate as ev
+from ptx_utils.evaluation import harness as ev
 from ptx_utils.data import FewShotDataset
-from ptx_utils.episodes import Episodes, sample_episodes
-from ptx_utils.finetune import FinetuneConfig, finetune_sequential
+from ptx_utils.data.episodes import Episodes, sample_episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.schemes import Scheme, full_finetune, linear_probe
-from ptx_utils.stats import (
+from ptx_utils.finetuning.scheme import Scheme, full_finetune, linear_probe
+from ptx_utils.core.stats import (
     betainc,
     mean_ci95,
     paired_difference,
@@ -243,10 +243,10 @@ def test_batched_engine_gets_the_same_replicas(
             torch.stack([o.logits for o in out]), torch.tensor([o.diverged for o in out])
         )
 
-    fake = types.ModuleType("ptx_utils.finetune_batched")
+    fake = types.ModuleType("ptx_utils.finetuning.batched")
     fake.Replica = Replica  # type: ignore[attr-defined]
     fake.finetune_batched = finetune_batched  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ptx_utils.finetune_batched", fake)
+    monkeypatch.setitem(sys.modules, "ptx_utils.finetuning.batched", fake)
     assert ev.default_engine() == "batched"
     backbone, dataset, episodes, strategies = setup
     batched = ev.evaluate_strategies(
@@ -306,7 +306,7 @@ def test_checkpointed_evaluation_resumes_per_strategy(
 def test_real_batched_engine_agrees_with_sequential(
     rows: pd.DataFrame, setup: tuple[Backbone, FewShotDataset, Episodes, dict[str, Scheme]]
 ) -> None:
-    pytest.importorskip("ptx_utils.finetune_batched")
+    pytest.importorskip("ptx_utils.finetuning.batched")
     backbone, dataset, episodes, strategies = setup
     batched = ev.evaluate_strategies(
         backbone, strategies, dataset, episodes, CFG, seed=SEED, engine="batched", device="cpu",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ptx_utils.finetune_batched as fb
+import ptx_utils.finetuning.batched as fb
 from ptx_utils.data import FewShotDataset
-from ptx_utils.episodes import EpisodeBatch, sample_episodes
-from ptx_utils.finetune import FinetuneConfig, finetune_sequential
-from ptx_utils.finetune_batched import Replica, finetune_batched, forward_stages
+from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
+from ptx_utils.finetuning.batched import Replica, finetune_batched, forward_stages
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.schemes import Scheme, bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.scheme import Scheme, bn_affine, full_finetune, last_k, linear_probe
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 SCHEMES = [

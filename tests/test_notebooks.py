@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from ptx_utils.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, execute_notebook
-from ptx_utils.presets import get_preset
+from ptx_utils.running.pipeline import NOTEBOOK_DIR, NOTEBOOKS, PipelineError, execute_notebook
+from ptx_utils.running.presets import get_preset
 
 PATHS = [NOTEBOOK_DIR / f"{name}.ipynb" for name in NOTEBOOKS]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptx_utils.pipeline import NOTEBOOKS
+from ptx_utils.running.pipeline import NOTEBOOKS
 
 
 def _env_pip_requirements(path: Path) -> list[str]:
@@ -44,7 +44,7 @@ def test_environment_yml_lists_the_same_packages_as_pyproject(repo_root: Path) -
         "tqdm",
     ):
         assert any(re.match(rf"^{name}\b", r) for r in project["dependencies"]), name
-    assert project["scripts"]["ptx"] == "ptx_utils.cli:main"
+    assert project["scripts"]["ptx"] == "ptx_utils.running.cli:main"
 
 
 def test_top_level_layout(repo_root: Path) -> None:

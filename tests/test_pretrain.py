@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptx_utils.checkpoint import CheckpointError, load_backbone, load_checkpoint
+from ptx_utils.models.checkpoint import CheckpointError, load_backbone, load_checkpoint
 from ptx_utils.data import FewShotDataset, load_dataset
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.features import nearest_centroid_accuracy
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.models.features import nearest_centroid_accuracy
 from ptx_utils.models import create_backbone
-from ptx_utils.presets import get_preset
-from ptx_utils.pretrain import PretrainConfig, pretrain
+from ptx_utils.running.presets import get_preset
+from ptx_utils.pretraining.loop import PretrainConfig, pretrain
 
 TINY = {"image_size": 16, "images_per_class": 20, "classes": (10, 5, 5)}
 

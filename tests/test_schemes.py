@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ptx_utils.models import create_backbone
-from ptx_utils.schemes import (
+from ptx_utils.finetuning.scheme import (
     DEFAULT_LR_ZOO,
     Scheme,
     bn_affine,

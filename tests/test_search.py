@@ -18,15 +18,15 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils import search as S
+from ptx_utils.search import loop as S
 from ptx_utils.data import FewShotDataset
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.evaluate import evaluate_strategies
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation.harness import evaluate_strategies
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import create_backbone
-from ptx_utils.presets import get_preset
-from ptx_utils.schemes import Scheme, full_finetune, linear_probe
-from ptx_utils.viz import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
+from ptx_utils.running.presets import get_preset
+from ptx_utils.finetuning.scheme import Scheme, full_finetune, linear_probe
+from ptx_utils.plots.figures import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -336,10 +336,10 @@ KILL_SCRIPT = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from ptx_utils.data import load_dataset
-    from ptx_utils.episodes import sample_episodes
-    from ptx_utils.finetune import FinetuneConfig
+    from ptx_utils.data.episodes import sample_episodes
+    from ptx_utils.finetuning.protocol import FinetuneConfig
     from ptx_utils.models import create_backbone
-    from ptx_utils.search import SearchConfig, search
+    from ptx_utils.search.loop import SearchConfig, search
 
     def kill_after_generation_two(report):
         if report.generation == 1:

@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils import search as S
-from ptx_utils import widgets as W
+from ptx_utils.search import loop as S
+from ptx_utils.widgets import explorers as W
 from ptx_utils.data import FewShotDataset
-from ptx_utils.episodes import Episodes, sample_episodes
-from ptx_utils.evaluate import evaluate_strategies
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.data.episodes import Episodes, sample_episodes
+from ptx_utils.evaluation.harness import evaluate_strategies
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.schemes import Scheme, last_k, linear_probe
+from ptx_utils.finetuning.scheme import Scheme, last_k, linear_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -147,7 +147,7 @@ def test_invalid_references_and_episodes_are_refused(
 
     with pytest.raises(ValueError, match=r"reference 'short'.*3 learning rates.*4 layers"):
         make({"short": Scheme((0.0, 0.0, 0.01))})
-    with pytest.raises(ValueError, match=r"reference 'text' must be a ptx_utils.schemes.Scheme"):
+    with pytest.raises(ValueError, match=r"reference 'text' must be a ptx_utils.finetuning.scheme.Scheme"):
         make({"text": "0 0 0 0.01"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="at least one reference"):
         make({})

@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import make_dataset
 
-from ptx_utils import workflow
-from ptx_utils.checkpoint import save_checkpoint
+from ptx_utils.steps import workflow
+from ptx_utils.models.checkpoint import save_checkpoint
 from ptx_utils.data.convert import convert_images, match_format
-from ptx_utils.evaluate import ROW_COLUMNS, paired_table
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.evaluation.harness import ROW_COLUMNS, paired_table
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import create_backbone
-from ptx_utils.schemes import Scheme
-from ptx_utils.search import SearchResult
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.search.loop import SearchResult
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.runs import atomic_save, atomic_write_json
+from ptx_utils.core.io import atomic_save, atomic_write_json
 
 CACHE_FORMAT = 1
 

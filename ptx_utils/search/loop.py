@@ -1,12 +1,12 @@
 """Search for the per-layer fine-tuning scheme: evolution (P-Transfer stage two) and random search.
 
-The search space is every :class:`~ptx_utils.schemes.Scheme` whose per-layer rates come from an
+The search space is every :class:`~ptx_utils.finetuning.scheme.Scheme` whose per-layer rates come from an
 lr zoo (``len(zoo) ** n_layers`` of them, optionally only those with a bounded number of trainable
 layers). The fitness of a scheme is the mean query accuracy after fine-tuning on a set of
 validation episodes fixed for the whole search, an episode on which the replica diverged scoring 0.
 :class:`EpisodeFitness` computes the fitness of a whole generation (every new candidate x every
 episode) with one call of the batched engine; replica (candidate, episode i) uses the seed
-:func:`~ptx_utils.evaluate.replica_seed` ``(seed, i)`` whatever the candidate, so candidates are
+:func:`~ptx_utils.evaluation.harness.replica_seed` ``(seed, i)`` whatever the candidate, so candidates are
 compared on identical head initialisations and mini-batch orders.
 
 The evolution follows the paper (and the single-path one-shot NAS search it builds on):
@@ -44,14 +44,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ptx_utils.checkpoint import state_digest
+from ptx_utils.models.checkpoint import state_digest
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.episodes import Episodes
-from ptx_utils.evaluate import place_episodes, replica_accuracies, replica_seed
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.data.episodes import Episodes
+from ptx_utils.evaluation.harness import place_episodes, replica_accuracies, replica_seed
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone
-from ptx_utils.runs import atomic_write_json, atomic_write_text, provenance
-from ptx_utils.schemes import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, Scheme
+from ptx_utils.core.io import atomic_write_json, atomic_write_text, provenance
+from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, Scheme
 
 SEARCH_METHODS = ("evolution", "random")
 ORIGINS = ("random", "mutation", "crossover")
@@ -106,7 +106,7 @@ class SearchConfig:
         crossover_fraction: share of a generation bred by crossover (the rest by mutation).
         lr_zoo: the rates a layer may take (0 = frozen).
         head_lr: the head's rate in every candidate.
-        params: ``"all"`` or ``"bn"`` (see :class:`~ptx_utils.schemes.Scheme`).
+        params: ``"all"`` or ``"bn"`` (see :class:`~ptx_utils.finetuning.scheme.Scheme`).
         min_trainable_layers, max_trainable_layers: a constraint on how many layers train
             (None: no upper bound).
         seed: seeds the search's draws and the fine-tuning replicas.
@@ -437,7 +437,7 @@ class EpisodeFitness:
     One call fine-tunes every (scheme, episode) replica with one call of the batched engine
     (``engine="sequential"``: the reference loop, one replica at a time — the naive baseline
     of the search benchmark). Replica (scheme, episode i) is seeded with
-    :func:`~ptx_utils.evaluate.replica_seed` ``(seed, i)``.
+    :func:`~ptx_utils.evaluation.harness.replica_seed` ``(seed, i)``.
     """
 
     def __init__(

@@ -38,14 +38,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.episodes import Episodes
-from ptx_utils.evaluate import evaluate_strategies
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.data.episodes import Episodes
+from ptx_utils.evaluation.harness import evaluate_strategies
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone
-from ptx_utils.schemes import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, Scheme
-from ptx_utils.search import Candidate, SearchResult, ranked
-from ptx_utils.stats import mean_ci95
-from ptx_utils.viz import (
+from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, Scheme
+from ptx_utils.search.loop import Candidate, SearchResult, ranked
+from ptx_utils.core.stats import mean_ci95
+from ptx_utils.plots.figures import (
     OKABE_ITO,
     SEARCH_COLORS,
     image_grid,
@@ -213,10 +213,10 @@ class SchemeExplorer:
     """Pick a learning rate per layer, fine-tune, and compare with reference strategies.
 
     Every scheme is fine-tuned on all of the explorer's episodes with
-    :func:`~ptx_utils.evaluate.evaluate_strategies` (same seed, so the same replica seeds as the
+    :func:`~ptx_utils.evaluation.harness.evaluate_strategies` (same seed, so the same replica seeds as the
     evaluation harness); its score is the mean query accuracy and the 95 % CI half-width over the
     episodes, **a diverged episode scoring accuracy 0** (the conservative
-    ``mean_failed_as_zero`` of :func:`~ptx_utils.evaluate.summary_table`). Scores are cached per
+    ``mean_failed_as_zero`` of :func:`~ptx_utils.evaluation.harness.summary_table`). Scores are cached per
     scheme (learning rates, head rate, params; not the name), so each scheme is fine-tuned once.
 
     Args:
@@ -251,7 +251,7 @@ class SchemeExplorer:
         if len(episodes) == 0 or episodes.n_query < 1:
             raise ValueError(
                 "SchemeExplorer needs at least one episode with query images; sample them with "
-                "ptx_utils.episodes.sample_episodes(dataset, n_way, k_shot, n_query>=1, "
+                "ptx_utils.data.episodes.sample_episodes(dataset, n_way, k_shot, n_query>=1, "
                 "n_episodes>=1)"
             )
         if not references:
@@ -262,7 +262,7 @@ class SchemeExplorer:
         for name, scheme in references.items():
             if not isinstance(scheme, Scheme):
                 raise ValueError(
-                    f"reference {name!r} must be a ptx_utils.schemes.Scheme, got "
+                    f"reference {name!r} must be a ptx_utils.finetuning.scheme.Scheme, got "
                     f"{type(scheme).__name__}; build it with Scheme(lrs) or a helper such as "
                     "linear_probe(n_layers)"
                 )

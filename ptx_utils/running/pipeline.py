@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ptx_utils.presets import get_preset
-from ptx_utils.runs import atomic_write_json, new_run_dir, provenance, write_params
+from ptx_utils.running.presets import get_preset
+from ptx_utils.core.io import atomic_write_json, new_run_dir, provenance, write_params
 
 NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Parameters a resumed run may change: where things are, not what is computed.
 RESUME_OVERRIDES = ("data_root", "device", "runs_root")
 

@@ -31,13 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.device import resolve_device
-from ptx_utils.episodes import Episodes
-from ptx_utils.finetune import FinetuneConfig, finetune_sequential
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.episodes import Episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
 from ptx_utils.models import Backbone
-from ptx_utils.runs import atomic_write_json, atomic_write_text, provenance
-from ptx_utils.schemes import Scheme
-from ptx_utils.stats import paired_difference, summarize
+from ptx_utils.core.io import atomic_write_json, atomic_write_text, provenance
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.core.stats import paired_difference, summarize
 
 ENGINES = ("sequential", "batched")
 SEED_STRIDE = 1_000_003
@@ -93,9 +93,9 @@ def replica_seed(seed: int, episode: int) -> int:
 
 
 def default_engine() -> str:
-    """``"batched"`` when :mod:`ptx_utils.finetune_batched` imports, else ``"sequential"``."""
+    """``"batched"`` when :mod:`ptx_utils.finetuning.batched` imports, else ``"sequential"``."""
     try:
-        import ptx_utils.finetune_batched  # noqa: F401
+        import ptx_utils.finetuning.batched  # noqa: F401
     except ImportError:
         return "sequential"
     return "batched"
@@ -378,7 +378,7 @@ def replica_accuracies(
         )
         diverged = torch.tensor(diverged_list, dtype=torch.bool, device=dev)
     else:
-        from ptx_utils.finetune_batched import Replica, finetune_batched
+        from ptx_utils.finetuning.batched import Replica, finetune_batched
 
         replicas = [
             Replica(scheme=scheme, episode=e, seed=s)
@@ -439,7 +439,7 @@ def _failed(rows: pd.DataFrame) -> pd.Series:
 def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per strategy (and episode setting): accuracy mean and 95 % CI, with divergences counted.
 
-    Choice on diverged episodes: ``mean`` / ``ci95`` (the :func:`~ptx_utils.stats.mean_ci95`
+    Choice on diverged episodes: ``mean`` / ``ci95`` (the :func:`~ptx_utils.core.stats.mean_ci95`
     convention) are over the ``n`` episodes that did NOT diverge, and ``n_diverged`` says how many
     did; ``mean_failed_as_zero`` / ``ci95_failed_as_zero`` score diverged episodes as accuracy 0
     over all ``n_episodes`` — the conservative number to quote when ``n_diverged > 0``. When a
@@ -479,7 +479,7 @@ def paired_table(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Every other strategy minus ``reference``, episode by episode (per episode setting).
 
     Only episodes where neither strategy diverged enter (``n``); ``n_excluded`` counts the rest.
-    ``mean_diff`` and ``ci95`` follow the :func:`~ptx_utils.stats.mean_ci95` convention, ``t`` and
+    ``mean_diff`` and ``ci95`` follow the :func:`~ptx_utils.core.stats.mean_ci95` convention, ``t`` and
     ``p_value`` are the paired t test (two-sided); ``wins`` / ``losses`` / ``ties`` count episodes
     where the strategy beat / lost to / tied the reference. With no usable episode the statistics
     are NaN and ``n`` is 0.
@@ -612,7 +612,7 @@ def write_results(
     Files: ``<name>_episodes.csv`` (the tidy rows), ``<name>_summary.csv``
     (:func:`summary_table`), ``<name>_summary.tex`` (:func:`summary_latex`),
     ``<name>_paired.csv`` (:func:`paired_table`, only when ``reference`` is given) and
-    ``<name>_provenance.json`` (:func:`~ptx_utils.runs.provenance` plus ``rows.attrs``, the
+    ``<name>_provenance.json`` (:func:`~ptx_utils.core.io.provenance` plus ``rows.attrs``, the
     reference and ``extra``).
 
     Existing files are never replaced silently: if any target exists, nothing is written and a

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.runs import atomic_save
+from ptx_utils.core.io import atomic_save
 
 CHECKPOINT_FORMAT = 1
 

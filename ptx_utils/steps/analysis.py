@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ptx_utils.evaluate import latex_escape
-from ptx_utils.runs import atomic_write_text
-from ptx_utils.viz import OKABE_ITO, strategy_palette
+from ptx_utils.evaluation.harness import latex_escape
+from ptx_utils.core.io import atomic_write_text
+from ptx_utils.plots.figures import OKABE_ITO, strategy_palette
 
 #: result files a finished run has, by the notebook that writes them.
 RESULT_FILES = {

@@ -24,17 +24,17 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ptx_utils.checkpoint import load_backbone
+from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import FewShotDataset, load_dataset
 from ptx_utils.data.convert import match_format
-from ptx_utils.device import resolve_device
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.evaluate import evaluate_strategies, paired_table, summary_table, write_results
-from ptx_utils.finetune import FinetuneConfig
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone
-from ptx_utils.runs import atomic_write_json, atomic_write_text, provenance
-from ptx_utils.schemes import Scheme, bn_affine, full_finetune, last_k, linear_probe
-from ptx_utils.search import SearchConfig, SearchResult, search
+from ptx_utils.core.io import atomic_write_json, atomic_write_text, provenance
+from ptx_utils.finetuning.scheme import Scheme, bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.search.loop import SearchConfig, SearchResult, search
 
 #: Validation episodes use ``seed + VAL_SEED_OFFSET`` so they never coincide with test episodes.
 VAL_SEED_OFFSET = 10_000
@@ -153,7 +153,7 @@ def run_searches(
     """Run (or resume) one search per method on the same validation episodes.
 
     Args:
-        callback: ``method -> search callback`` (e.g. a :class:`~ptx_utils.viz.LiveSearchPlot`
+        callback: ``method -> search callback`` (e.g. a :class:`~ptx_utils.plots.figures.LiveSearchPlot`
             factory), or None.
 
     Returns:
@@ -249,7 +249,7 @@ def evaluate_shots(
     device: str = "auto",
     checkpoint_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    """:func:`~ptx_utils.evaluate.evaluate_strategies` for each ``k_shot -> strategies``.
+    """:func:`~ptx_utils.evaluation.harness.evaluate_strategies` for each ``k_shot -> strategies``.
 
     Episodes of each shot are ``sample_episodes(dataset, n_way, k_shot, n_query, n_episodes,
     seed)`` — those notebook 01 lists. With ``checkpoint_dir`` every (shot, strategy) is saved
@@ -274,7 +274,7 @@ def evaluate_shots(
 def searched_differences(rows: pd.DataFrame, searched: str = "searched") -> pd.DataFrame:
     """``searched`` minus every other strategy, episode by episode (per setting).
 
-    Columns as :func:`~ptx_utils.evaluate.paired_table` with ``strategy`` = ``searched`` and
+    Columns as :func:`~ptx_utils.evaluation.harness.paired_table` with ``strategy`` = ``searched`` and
     ``reference`` = the other strategy: ``wins`` counts episodes the searched scheme won. Rows:
     per (n_way, k_shot), the other strategies in the order they appear in ``rows``.
     """
@@ -292,7 +292,7 @@ def searched_differences(rows: pd.DataFrame, searched: str = "searched") -> pd.D
 
 def write_transfer(run_dir: str | Path, rows: pd.DataFrame) -> dict[str, Path]:
     """Write notebook 03's results under ``run_dir/results/``: ``transfer_*`` from
-    :func:`~ptx_utils.evaluate.write_results` (paired against the linear probe) and
+    :func:`~ptx_utils.evaluation.harness.write_results` (paired against the linear probe) and
     ``transfer_vs_searched.csv`` (:func:`searched_differences`). Nothing existing is replaced."""
     target = Path(run_dir) / "results" / "transfer_vs_searched.csv"
     if target.exists():
@@ -411,7 +411,7 @@ class DomainShiftResult:
 
     Attributes:
         rows: per (target, strategy, episode), the columns of
-            :data:`~ptx_utils.evaluate.ROW_COLUMNS` plus ``target``, ``order``, ``shift``.
+            :data:`~ptx_utils.evaluation.harness.ROW_COLUMNS` plus ``target``, ``order``, ``shift``.
         summary: per (target, strategy), columns :data:`SHIFT_SUMMARY_COLUMNS`.
         schemes: the searched scheme per (target, layer), columns :data:`SHIFT_SCHEME_COLUMNS`.
         searches: target label -> its search.
@@ -516,7 +516,7 @@ def run_domain_shift(
     summary = pd.concat(summaries, ignore_index=True)[list(SHIFT_SUMMARY_COLUMNS)]
     schemes = pd.DataFrame(scheme_rows, columns=list(SHIFT_SCHEME_COLUMNS))
 
-    from ptx_utils.analysis import mean_ci_latex
+    from ptx_utils.steps.analysis import mean_ci_latex
 
     atomic_write_text(files["episodes"], rows.to_csv(index=False))
     atomic_write_text(files["schemes"], schemes.to_csv(index=False))

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ptx_utils.presets import PRESETS
+from ptx_utils.running.presets import PRESETS
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -76,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ptx_utils.pipeline import PipelineError, resume_pipeline, run_pipeline
+    from ptx_utils.running.pipeline import PipelineError, resume_pipeline, run_pipeline
 
     overrides = dict(args.param)
     try:

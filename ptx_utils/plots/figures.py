@@ -17,11 +17,11 @@ import torch
 from matplotlib.figure import Figure
 
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.episodes import Episodes
-from ptx_utils.runs import atomic_open
+from ptx_utils.data.episodes import Episodes
+from ptx_utils.core.io import atomic_open
 
 if TYPE_CHECKING:
-    from ptx_utils.search import GenerationReport, SearchResult
+    from ptx_utils.search.loop import GenerationReport, SearchResult
 
 #: The Okabe-Ito palette (colour-blind safe).
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -199,7 +199,7 @@ def search_figure(
 class LiveSearchPlot:
     """A search callback that redraws :func:`search_figure` in a notebook after each generation.
 
-    Pass it as ``callback=`` to :func:`ptx_utils.search.search`; ``others`` (label -> finished
+    Pass it as ``callback=`` to :func:`ptx_utils.search.loop.search`; ``others`` (label -> finished
     search) are drawn beside the running one. Outside IPython it does nothing (a plain script
     still gets the one-line summaries), and under papermill it leaves the last figure in the
     cell's output.
@@ -237,7 +237,7 @@ def scheme_heatmap(result: SearchResult, top: int = 10, title: str | None = None
     Cell (rate, layer) shows the share of the ``top`` fittest evaluated schemes that give that
     layer that rate (how sure the search is); the best scheme's choices are outlined and marked.
     """
-    from ptx_utils.search import ranked
+    from ptx_utils.search.loop import ranked
 
     zoo = list(result.config.lr_zoo)
     layers = list(result.layer_names)
@@ -307,7 +307,7 @@ def _setting_title(n_way: Any, k_shot: Any) -> str:
 
 def strategy_figure(summary: Any, title: str | None = None) -> Figure:
     """Mean accuracy ± 95 % CI per strategy, one panel per (n_way, k_shot) of a
-    :func:`~ptx_utils.evaluate.summary_table`; the searched scheme's mean is a dashed line."""
+    :func:`~ptx_utils.evaluation.harness.summary_table`; the searched scheme's mean is a dashed line."""
     settings = list(dict.fromkeys(zip(summary["n_way"], summary["k_shot"], strict=True)))
     names = list(dict.fromkeys(summary["strategy"]))
     palette = strategy_palette(names)
@@ -344,7 +344,7 @@ def strategy_figure(summary: Any, title: str | None = None) -> Figure:
 def episode_distribution(rows: Any, title: str | None = None) -> Figure:
     """Per-episode accuracy of every strategy (box + points), one panel per (n_way, k_shot).
 
-    ``rows``: the tidy frame of :func:`~ptx_utils.evaluate.evaluate_strategies` (diverged
+    ``rows``: the tidy frame of :func:`~ptx_utils.evaluation.harness.evaluate_strategies` (diverged
     episodes, NaN, are left out and counted in the tick label).
     """
     import seaborn as sns

@@ -31,16 +31,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ptx_utils.augment import Augmentation, augment, normalize
-from ptx_utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.device import autocast, resolve_device
-from ptx_utils.episodes import sample_episodes
-from ptx_utils.features import centroid_logits, nearest_centroid_accuracy
+from ptx_utils.core.device import autocast, resolve_device
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
 from ptx_utils.models import Backbone, create_backbone, create_head
-from ptx_utils.runs import atomic_save, provenance
-from ptx_utils.stats import mean_ci95
-from ptx_utils.viz import curves_figure, save_figure
+from ptx_utils.core.io import atomic_save, provenance
+from ptx_utils.core.stats import mean_ci95
+from ptx_utils.plots.figures import curves_figure, save_figure
 
 METHODS = ("baseline", "baseline++", "protonet")
 
@@ -54,7 +54,7 @@ class PretrainConfig:
         backbone / granularity: passed to :func:`~ptx_utils.models.create_backbone`.
         epochs: number of epochs; ``epoch_images`` caps the images per epoch (None: the split).
         batch_size, lr, weight_decay: Adam on backbone and head.
-        crop, flip, jitter: training augmentation (see :class:`~ptx_utils.augment.Augmentation`).
+        crop, flip, jitter: training augmentation (see :class:`~ptx_utils.data.augment.Augmentation`).
         train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's training episodes.
         val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
             the nearest-centroid metric that scores each epoch.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ptx_utils.augment import normalize
+from ptx_utils.data.augment import normalize
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.episodes import Episodes
+from ptx_utils.data.episodes import Episodes
 
 
 @torch.no_grad()

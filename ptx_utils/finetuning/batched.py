@@ -1,11 +1,11 @@
 """Batched fine-tuning: many (scheme, episode, seed) replicas in one vmapped computation.
 
-The protocol is :mod:`ptx_utils.finetune`'s; :func:`finetune_batched` gives, replica by replica,
-the query logits :func:`~ptx_utils.finetune.finetune_sequential` gives (up to floating point),
+The protocol is :mod:`ptx_utils.finetuning.protocol`'s; :func:`finetune_batched` gives, replica by replica,
+the query logits :func:`~ptx_utils.finetuning.protocol.finetune_sequential` gives (up to floating point),
 but trains a whole chunk of replicas at once: every replica's weights are stacked along a leading
 dimension and one step of all of them is ``vmap(grad(functional_call(...)))``. Each replica keeps
 its own weights, support set (gathered from its episode), mini-batch order and head
-initialisation (both from :func:`~ptx_utils.finetune.replica_plan`, so identical to the
+initialisation (both from :func:`~ptx_utils.finetuning.protocol.replica_plan`, so identical to the
 reference) and per-layer learning rates. SGD is written out functionally and matches
 ``torch.optim.SGD``: ``g = grad + wd * p``; first step ``buf = g``, later
 ``buf = momentum * buf + (1 - dampening) * g``; ``p = p - lr * buf``. A parameter whose rate is
@@ -47,12 +47,12 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from ptx_utils.augment import Augmentation, augment, normalize
-from ptx_utils.finetune import FinetuneConfig, ReplicaPlan, replica_plan, trainable_groups
+from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.finetuning.protocol import FinetuneConfig, ReplicaPlan, replica_plan, trainable_groups
 from ptx_utils.models import Backbone, create_head
 from ptx_utils.models.conv import ConvNet
 from ptx_utils.models.resnet import ResNet, ResNet12
-from ptx_utils.schemes import Scheme
+from ptx_utils.finetuning.scheme import Scheme
 
 #: Replicas per chunk on CPU when ``chunk_size`` is None.
 CPU_CHUNK_SIZE = 32
@@ -70,7 +70,7 @@ class Replica:
     Attributes:
         scheme: per-layer learning rates.
         episode: index into the stacked episode tensors passed to :func:`finetune_batched`.
-        seed: the replica's seed for :func:`~ptx_utils.finetune.replica_plan`.
+        seed: the replica's seed for :func:`~ptx_utils.finetuning.protocol.replica_plan`.
     """
 
     scheme: Scheme

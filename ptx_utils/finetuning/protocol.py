@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ptx_utils.augment import Augmentation, augment, normalize
+from ptx_utils.data.augment import Augmentation, augment, normalize
 from ptx_utils.models import Backbone, create_head
-from ptx_utils.schemes import Scheme
+from ptx_utils.finetuning.scheme import Scheme
 
 BN_MODES = ("eval", "train")
 HEADS = ("linear", "cosine")
