@@ -21,7 +21,8 @@ import torch
 
 from ptx_utils.data import load_dataset
 from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
 
 
 def _time_load(name: str, split: str, cache: Path, **kwargs: Any) -> dict[str, Any]:

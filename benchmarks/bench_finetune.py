@@ -24,7 +24,8 @@ from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
 from ptx_utils.finetuning.batched import Replica, finetune_batched
 from ptx_utils.models import create_backbone
-from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
 from ptx_utils.finetuning.scheme import Scheme, full_finetune, last_k, linear_probe
 
 

@@ -41,7 +41,8 @@ from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import create_backbone
 from ptx_utils.running.presets import get_preset
 from ptx_utils.pretraining.loop import PretrainConfig, pretrain
-from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
 from ptx_utils.search.loop import EpisodeFitness, SearchConfig, search
 
 #: Settings per protocol; command-line options override them.

@@ -46,7 +46,8 @@ from ptx_utils.data import load_dataset
 from ptx_utils.data.convert import match_format
 from ptx_utils.evaluation.harness import summary_table
 from ptx_utils.pretraining.loop import PretrainConfig, pretrain
-from ptx_utils.core.io import atomic_write_json, provenance
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
 from ptx_utils.steps.workflow import parse_cross_domain
 
 #: The keys of every row JSON, in order.

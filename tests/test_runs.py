@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ptx_utils.core.io import atomic_open, atomic_write_json, new_run_dir, provenance, write_params
+from ptx_utils.core.io import atomic_open, atomic_write_json
+from ptx_utils.core.provenance import provenance
+from ptx_utils.core.run_dir import new_run_dir, write_params
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporaries(tmp_path: Path) -> None:

@@ -1,25 +1,19 @@
-"""Run directories, provenance and atomic writes.
+"""Atomic writes, refusing to overwrite, and file-name slugs.
 
-Nothing the kit writes is ever half-written or overwritten: files are written to a temporary name in
-the same folder and renamed into place, and every run gets a directory of its own.
+Nothing the kit writes is ever half-written or overwritten: files are written to a temporary name
+in the same folder and renamed into place, and existing results are refused, never replaced.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
+import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
-
-PROVENANCE_PACKAGES = ("torch", "torchvision", "numpy", "pillow", "papermill", "ptx-kit")
-
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
@@ -60,96 +54,32 @@ def atomic_save(path: str | Path, writer: Callable[[IO[bytes]], None]) -> Path:
     return Path(path)
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The current git commit of the project (with ``-dirty`` if modified), or None outside git."""
-    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
+def refuse_existing(paths: Iterable[str | Path], what: str, fix: str) -> None:
+    """Raise :class:`FileExistsError` if any of ``paths`` exists; nothing is written then.
 
+    Args:
+        paths: the files about to be written.
+        what: what they hold, for the message (``"results 'test'"``).
+        fix: what the user can do instead (``"use a new run directory"``).
 
-def package_versions(names: tuple[str, ...] = PROVENANCE_PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``names`` (None when a package is not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux), else the architecture, e.g. ``x86_64``.
-
-    Two CPUs of one architecture may still give different floating-point results (different
-    kernels), so results name the model.
+    Example:
+        >>> refuse_existing(["/nonexistent/a.csv"], "results", "use a new run directory")
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return f"{value.strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    existing = [str(p) for p in paths if Path(p).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{what} already exist ({', '.join(existing)}); nothing was overwritten: {fix}"
+        )
 
 
-def device_description(device: str | None = None) -> str:
-    """A human-readable name of the compute device (GPU name, or the CPU and its core count)."""
-    import torch
-
-    if (device is None or str(device).startswith("cuda")) and torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    return f"cpu: {cpu_model()}, {os.cpu_count()} cores"
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def provenance(seed: int | None = None, device: str | None = None, **extra: Any) -> dict[str, Any]:
-    """What every written result carries: commit, versions, device, seed, date, plus ``extra``."""
-    return {
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "python": platform.python_version(),
-        "device": device_description(device),
-        "seed": seed,
-        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        **extra,
-    }
+def slug(text: str, sep: str = "-") -> str:
+    """``text`` as a file-name stem: runs of other characters become ``sep``, trimmed.
 
-
-def new_run_dir(base: str | Path, name: str) -> Path:
-    """Create and return a new, empty run directory ``base/name``.
-
-    An existing directory is never reused: ``name-2``, ``name-3``, ... are tried instead.
+    Example:
+        >>> slug("full fine-tune 0.01"), slug("omniglot/test", sep="_")
+        ('full-fine-tune-0.01', 'omniglot_test')
     """
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 10_000):
-        candidate = base / (name if i == 1 else f"{name}-{i}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
-    raise RuntimeError(f"could not create a new run directory under {base} for {name!r}")
-
-
-def write_params(run_dir: str | Path, params: Mapping[str, Any], **extra: Any) -> Path:
-    """Write ``params.json`` (parameters + provenance) into ``run_dir`` atomically."""
-    seed = params.get("seed")
-    payload = {"params": dict(params), "provenance": provenance(seed=seed, **extra)}
-    return atomic_write_json(Path(run_dir) / "params.json", payload)
+    return _SLUG.sub(sep, str(text)).strip(sep)

@@ -35,7 +35,8 @@ from ptx_utils.core.device import resolve_device
 from ptx_utils.data.episodes import Episodes
 from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
 from ptx_utils.models import Backbone
-from ptx_utils.core.io import atomic_write_json, atomic_write_text, provenance
+from ptx_utils.core.io import atomic_write_json, atomic_write_text
+from ptx_utils.core.provenance import provenance
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.core.stats import paired_difference, summarize
 

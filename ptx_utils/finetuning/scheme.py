@@ -1,10 +1,9 @@
-"""Fine-tuning schemes: one learning rate per backbone layer (0 = frozen) plus the head's.
+"""A :class:`Scheme`: one learning rate per backbone layer (0 = frozen) plus the head's.
 
-A :class:`Scheme` is what Partial Transfer searches for. Every fixed strategy the kit compares is a
-scheme too: linear probe (all layers 0), full fine-tuning (one rate everywhere), last-k (only the
-last k layers train), BN-affine (only batch-norm scales and shifts train). Schemes print readably
-(``0 0 0.01 0.1 | head 0.01``), hash (so a search never evaluates one twice) and round-trip
-through JSON.
+What Partial Transfer searches for, and the backbone part of every
+:class:`~ptx_utils.finetuning.strategy.Strategy`. Schemes print readably
+(``0 0 0.01 0.1 | head 0.01``), hash (a search never evaluates one twice) and round-trip through
+JSON.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class Scheme:
                 f"{len(layer_names)} layers ({', '.join(layer_names)}); give one rate per layer"
             )
         if zoo is not None:
-            outside = sorted({x for x in self.lrs if x not in set(map(float, zoo))})
+            outside = sorted({x for x in self.lrs if x not in set(check_lr_zoo(zoo))})
             if outside:
                 raise ValueError(
                     f"scheme '{self}' uses rates {outside} outside the lr zoo {tuple(zoo)}"
@@ -109,24 +108,13 @@ class Scheme:
         )
 
 
-def linear_probe(n_layers: int, head_lr: float = DEFAULT_HEAD_LR) -> Scheme:
-    """Every backbone layer frozen; only the new head trains."""
-    return Scheme((0.0,) * n_layers, head_lr, name="linear probe")
+def check_lr_zoo(zoo: Sequence[float], what: str = "lr zoo") -> tuple[float, ...]:
+    """The zoo as a tuple of floats; it must hold distinct learning rates >= 0.
 
-
-def full_finetune(n_layers: int, lr: float = 0.01, head_lr: float = DEFAULT_HEAD_LR) -> Scheme:
-    """Every layer trains with the same rate."""
-    return Scheme((lr,) * n_layers, head_lr, name=f"full fine-tune {lr:g}")
-
-
-def last_k(n_layers: int, k: int, lr: float = 0.01, head_lr: float = DEFAULT_HEAD_LR) -> Scheme:
-    """Only the last ``k`` layers train (the manual partial transfer of earlier work)."""
-    if not 0 <= k <= n_layers:
-        raise ValueError(f"k must lie in [0, {n_layers}], got {k}")
-    lrs = (0.0,) * (n_layers - k) + (lr,) * k
-    return Scheme(lrs, head_lr, name=f"last-{k} {lr:g}")
-
-
-def bn_affine(n_layers: int, lr: float = 0.01, head_lr: float = DEFAULT_HEAD_LR) -> Scheme:
-    """Only batch-norm weights and biases train, in every layer."""
-    return Scheme((lr,) * n_layers, head_lr, params="bn", name=f"BN-affine {lr:g}")
+    Raises:
+        ValueError: an empty zoo, a repeated rate, or a negative or NaN one.
+    """
+    rates = tuple(float(x) for x in zoo)
+    if not rates or len(set(rates)) != len(rates) or any(x < 0 or x != x for x in rates):
+        raise ValueError(f"{what} must hold distinct learning rates >= 0, got {tuple(zoo)}")
+    return rates

@@ -38,7 +38,8 @@ from ptx_utils.core.device import autocast, resolve_device
 from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
 from ptx_utils.models import Backbone, create_backbone, create_head
-from ptx_utils.core.io import atomic_save, provenance
+from ptx_utils.core.io import atomic_save
+from ptx_utils.core.provenance import provenance
 from ptx_utils.core.stats import mean_ci95
 from ptx_utils.plots.figures import curves_figure, save_figure
 

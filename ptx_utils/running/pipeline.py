@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ptx_utils.running.presets import get_preset
-from ptx_utils.core.io import atomic_write_json, new_run_dir, provenance, write_params
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
+from ptx_utils.core.run_dir import new_run_dir, write_params
 
 NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"

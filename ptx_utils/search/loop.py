@@ -50,7 +50,8 @@ from ptx_utils.data.episodes import Episodes
 from ptx_utils.evaluation.harness import place_episodes, replica_accuracies, replica_seed
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone
-from ptx_utils.core.io import atomic_write_json, atomic_write_text, provenance
+from ptx_utils.core.io import atomic_write_json, atomic_write_text
+from ptx_utils.core.provenance import provenance
 from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, Scheme
 
 SEARCH_METHODS = ("evolution", "random")

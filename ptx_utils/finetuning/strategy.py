@@ -1,0 +1,270 @@
+"""A :class:`Strategy`: a frozen, hashable, JSON-round-trip description of how to adapt to an episode.
+
+Every adaptation method the kit compares is one: the per-layer :class:`Scheme` plus the classifier,
+optimiser, attached parameters, feature transform, batch-norm statistics and meta-trained parts.
+The engines implement what today's strategies use and refuse the rest with a clear error; how each
+coming method maps onto the fields is written in ``docs/strategies.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.scheme import Scheme
+
+#: Values each field accepts: implemented by both engines, then planned (accepted, refused by
+#: the engines with :class:`NotImplementedError` until their issue lands).
+CLASSIFIERS = ("protocol", "linear", "cosine")
+PLANNED_CLASSIFIERS = ("ncc-cosine", "logistic-regression", "zero-linear")
+OPTIMIZERS = ("sgd",)
+PLANNED_OPTIMIZERS = ("adadelta", "adam")
+FEATURE_TRANSFORMS = ("none",)
+PLANNED_FEATURE_TRANSFORMS = ("channel-importance", "l2", "feature-norm")
+BN_STATS = ("protocol", "eval", "train")
+PLANNED_BN_STATS = ("support",)
+PLANNED_ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune", "case")
+
+
+def _choice(what: str, value: str, implemented: Sequence[str], planned: Sequence[str]) -> None:
+    if value not in (*implemented, *planned):
+        raise ValueError(
+            f"{what} must be one of {(*implemented, *planned)}, got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """Parameters a strategy attaches to the backbone and trains (adapters, gates, blocks...).
+
+    Attributes:
+        kind: one of :data:`PLANNED_ATTACHMENTS`.
+        lr: its learning rate (0 = loaded and frozen).
+        options: sorted ``(key, JSON value)`` pairs (e.g. ``(("init", 1e-4),)``).
+    """
+
+    kind: str
+    lr: float = 0.0
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _choice("attachment kind", self.kind, (), PLANNED_ATTACHMENTS)
+        object.__setattr__(self, "lr", float(self.lr))
+        pairs = self.options.items() if isinstance(self.options, Mapping) else self.options
+        object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in pairs)))
+        if self.lr < 0 or self.lr != self.lr:
+            raise ValueError(f"attachment {self.kind!r}: lr must be >= 0, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "lr": self.lr, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attachment:
+        return cls(data["kind"], data.get("lr", 0.0), tuple(dict(data.get("options", {})).items()))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How to adapt a pre-trained backbone to one episode's support set.
+
+    Attributes:
+        scheme: the backbone's per-layer rates (0 = frozen), which parameters train, head rate.
+        classifier: ``"protocol"`` (the :class:`FinetuneConfig` head), ``"linear"``, ``"cosine"``.
+        optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay).
+        attachments: extra trained or loaded parameters (:class:`Attachment`).
+        feature_transform: a parameter-free transform of the features before the classifier.
+        bn_stats: ``"protocol"`` (the config's ``bn_mode``), ``"eval"`` or ``"train"``.
+        loads: meta-trained parts, as checkpoint references (``"path#sha256"``).
+        name: a label (not part of the identity).
+
+    Example:
+        >>> s = Strategy(Scheme((0, 0, 0.1, 1.0)), classifier="cosine")
+        >>> Strategy.from_dict(s.to_dict()) == s
+        True
+    """
+
+    scheme: Scheme
+    classifier: str = "protocol"
+    optimizer: str = "sgd"
+    attachments: tuple[Attachment, ...] = ()
+    feature_transform: str = "none"
+    bn_stats: str = "protocol"
+    loads: tuple[str, ...] = ()
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheme, Scheme):
+            raise TypeError(
+                f"Strategy.scheme must be a Scheme, got {type(self.scheme).__name__}; "
+                "wrap per-layer rates as Scheme((...))"
+            )
+        _choice("classifier", self.classifier, CLASSIFIERS, PLANNED_CLASSIFIERS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS, PLANNED_OPTIMIZERS)
+        _choice("feature_transform", self.feature_transform, FEATURE_TRANSFORMS,
+                PLANNED_FEATURE_TRANSFORMS)  # fmt: skip
+        _choice("bn_stats", self.bn_stats, BN_STATS, PLANNED_BN_STATS)
+        object.__setattr__(self, "attachments", tuple(self.attachments))
+        object.__setattr__(self, "loads", tuple(str(x) for x in self.loads))
+        if not self.name and self.scheme.name:
+            object.__setattr__(self, "name", self.scheme.name)
+
+    # -- the scheme's view (a strategy reads as its scheme where only rates matter) ------------
+
+    @property
+    def lrs(self) -> tuple[float, ...]:
+        return self.scheme.lrs
+
+    @property
+    def head_lr(self) -> float:
+        return self.scheme.head_lr
+
+    @property
+    def n_trainable_layers(self) -> int:
+        return self.scheme.n_trainable_layers
+
+    def check(self, layer_names: Sequence[str], zoo: Sequence[float] | None = None) -> Strategy:
+        """Validate the scheme against a backbone's layers (and an lr zoo); return self."""
+        self.scheme.check(layer_names, zoo)
+        return self
+
+    def with_scheme(self, scheme: Scheme) -> Strategy:
+        """The same strategy with other per-layer rates (how the search varies a strategy)."""
+        return replace(self, scheme=scheme, name=scheme.name)
+
+    # -- what the engines do -------------------------------------------------------------------
+
+    def unimplemented(self) -> list[str]:
+        """The fields whose values the engines do not implement yet (empty: runnable)."""
+        out = []
+        if self.classifier not in CLASSIFIERS:
+            out.append(f"classifier {self.classifier!r}")
+        if self.optimizer not in OPTIMIZERS:
+            out.append(f"optimizer {self.optimizer!r}")
+        if self.feature_transform not in FEATURE_TRANSFORMS:
+            out.append(f"feature_transform {self.feature_transform!r}")
+        if self.bn_stats not in BN_STATS:
+            out.append(f"bn_stats {self.bn_stats!r}")
+        out += [f"attachment {a.kind!r}" for a in self.attachments]
+        if self.loads:
+            out.append("meta-trained parts (loads)")
+        return out
+
+    def protocol(self, cfg: FinetuneConfig) -> FinetuneConfig:
+        """``cfg`` with this strategy's classifier and BN mode; refuses what is not implemented.
+
+        Raises:
+            NotImplementedError: the strategy uses a planned value (see :meth:`unimplemented`).
+        """
+        missing = self.unimplemented()
+        if missing:
+            raise NotImplementedError(
+                f"strategy '{self}' uses {', '.join(missing)}, which the fine-tuning engines do "
+                "not implement yet (see docs/strategies.md for the plan); use a strategy of "
+                "implemented values"
+            )
+        head = cfg.head if self.classifier == "protocol" else self.classifier
+        bn_mode = cfg.bn_mode if self.bn_stats == "protocol" else self.bn_stats
+        return cfg if (head, bn_mode) == (cfg.head, cfg.bn_mode) else replace(
+            cfg, head=head, bn_mode=bn_mode
+        )
+
+    # -- text and JSON -------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        """The scheme's text, then every non-default field (``0 0 0.1 1 | head 0.01 | cosine``)."""
+        parts = [str(self.scheme)]
+        if self.classifier != "protocol":
+            parts.append(self.classifier)
+        if self.optimizer != "sgd":
+            parts.append(self.optimizer)
+        parts += [f"{a.kind} {a.lr:g}" for a in self.attachments]
+        if self.feature_transform != "none":
+            parts.append(self.feature_transform)
+        if self.bn_stats != "protocol":
+            parts.append(f"bn {self.bn_stats}")
+        if self.loads:
+            parts.append(f"loads {len(self.loads)}")
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; :meth:`from_dict` inverts it."""
+        return {
+            "scheme": self.scheme.to_dict(),
+            "classifier": self.classifier,
+            "optimizer": self.optimizer,
+            "attachments": [a.to_dict() for a in self.attachments],
+            "feature_transform": self.feature_transform,
+            "bn_stats": self.bn_stats,
+            "loads": list(self.loads),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Strategy:
+        """From :meth:`to_dict`'s form, or from a bare scheme's (``{"lrs": ...}``)."""
+        if "lrs" in data:
+            return cls(Scheme.from_dict(dict(data)))
+        known = {"scheme", "classifier", "optimizer", "attachments", "feature_transform",
+                 "bn_stats", "loads", "name"}  # fmt: skip
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown strategy field(s) {', '.join(unknown)}")
+        return cls(
+            scheme=Scheme.from_dict(dict(data["scheme"])),
+            classifier=data.get("classifier", "protocol"),
+            optimizer=data.get("optimizer", "sgd"),
+            attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments", [])),
+            feature_transform=data.get("feature_transform", "none"),
+            bn_stats=data.get("bn_stats", "protocol"),
+            loads=tuple(data.get("loads", [])),
+            name=data.get("name", ""),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def as_strategy(value: Strategy | Scheme) -> Strategy:
+    """A :class:`Strategy` from a strategy or a bare scheme (every scheme is a strategy)."""
+    if isinstance(value, Strategy):
+        return value
+    if isinstance(value, Scheme):
+        return Strategy(value)
+    raise TypeError(
+        f"expected a ptx_utils Strategy or Scheme, got {type(value).__name__}; build one with "
+        "Strategy(Scheme(rates)) or a named constructor such as linear_probe(n_layers)"
+    )
+
+
+def check_strategies(
+    strategies: Mapping[str, Strategy | Scheme],
+    layer_names: Sequence[str],
+    zoo: Sequence[float] | None = None,
+    what: str = "strategy",
+) -> dict[str, Strategy]:
+    """Name -> :class:`Strategy`, each checked against the backbone's layers (and an lr zoo).
+
+    Raises:
+        ValueError: an empty mapping, a name that is not a non-empty string, or a scheme that
+            does not fit ``layer_names`` (the message names the strategy).
+        TypeError: a value that is neither a Strategy nor a Scheme.
+    """
+    if not strategies:
+        raise ValueError(f"need at least one {what} (name -> Strategy)")
+    out = {}
+    for name, value in strategies.items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
+        try:
+            strategy = as_strategy(value)
+        except TypeError as e:
+            raise TypeError(f"{what} {name!r}: {e}") from None
+        try:
+            strategy.check(layer_names, zoo)
+        except ValueError as e:
+            raise ValueError(f"{what} {name!r}: {e}") from None
+        out[name] = strategy
+    return out
