@@ -21,12 +21,14 @@ import torch
 from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
 from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.sequential import finetune_sequential
 from ptx_utils.finetuning.batched import Replica, finetune_batched
 from ptx_utils.models import create_backbone
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.scheme import Scheme, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.fixed import full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.scheme import Scheme
 
 
 def _schemes(n_layers: int) -> list[Scheme]:

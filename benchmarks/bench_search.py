@@ -43,7 +43,8 @@ from ptx_utils.running.presets import get_preset
 from ptx_utils.pretraining.loop import PretrainConfig, pretrain
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.search.loop import EpisodeFitness, SearchConfig, search
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.search import EpisodeFitness, SearchConfig, search
 
 #: Settings per protocol; command-line options override them.
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -150,7 +151,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    result = search(backbone, data, episodes, config, finetune, device=device)
+    result = search(backbone, data, episodes, config, finetune, runtime=Runtime(device=str(device)))
     if device.type == "cuda":
         torch.cuda.synchronize()
     search_seconds = time.perf_counter() - tic
@@ -161,7 +162,12 @@ def main() -> None:
     picks = np.linspace(0, len(pairs) - 1, min(args.naive_replicas, len(pairs))).round()
     chosen = [pairs[int(i)] for i in picks]
     naive = EpisodeFitness(
-        backbone, data, episodes, finetune, seed=args.seed, device=device, engine="sequential"
+        backbone,
+        data,
+        episodes,
+        finetune,
+        runtime=Runtime(seed=args.seed, device=str(device)),
+        engine="sequential",
     )
     naive_seconds = 0.0
     agree = 0

@@ -34,12 +34,18 @@ from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
 from ptx_utils.data.episodes import Episodes, sample_episodes
-from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.evaluation.harness import (
+    evaluate_strategies,
+    paired_table,
+    summary_table,
+    write_results,
+)
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.scheme import full_finetune, linear_probe
-from ptx_utils.search.loop import SearchConfig, SearchResult, search
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.finetuning.fixed import full_finetune, linear_probe
+from ptx_utils.search import SearchConfig, SearchResult, search
 from ptx_utils.plots.figures import save_figure, scheme_heatmap, search_figure
 
 
@@ -139,7 +145,7 @@ def main() -> None:
                     config,
                     cfg,
                     out_dir=out_dir / "search" / f"{name}_{method}_seed{seed}",
-                    device=device,
+                    runtime=Runtime(device=str(device)),
                 )
                 print(searches[method][seed].summary(), flush=True)
         first = args.seeds[0]

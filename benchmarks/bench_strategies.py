@@ -26,11 +26,16 @@ from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
 from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.evaluation.harness import (
+    evaluate_strategies,
+    paired_table,
+    summary_table,
+    write_results,
+)
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.scheme import full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.fixed import full_finetune, last_k, linear_probe
 
 
 def main() -> None:

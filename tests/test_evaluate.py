@@ -17,9 +17,11 @@ import torch
 from ptx_utils.evaluation import harness as ev
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import Episodes, sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.sequential import finetune_sequential
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.finetuning.scheme import Scheme, full_finetune, linear_probe
+from ptx_utils.finetuning.fixed import full_finetune, linear_probe
+from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.core.stats import (
     betainc,
     mean_ci95,

@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ptx_utils.data.augment import normalize
 from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.data.augment import normalize
 from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential, replica_plan
+from ptx_utils.finetuning.fixed import bn_affine, full_finetune, linear_probe
+from ptx_utils.finetuning.protocol import FinetuneConfig, replica_plan
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.sequential import finetune_sequential
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.finetuning.scheme import Scheme, bn_affine, full_finetune, linear_probe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

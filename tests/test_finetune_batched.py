@@ -14,10 +14,13 @@ import torch
 import ptx_utils.finetuning.batched as fb
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig, finetune_sequential
-from ptx_utils.finetuning.batched import Replica, finetune_batched, forward_stages
+from ptx_utils.finetuning.batched import Replica, finetune_batched
+from ptx_utils.finetuning.fixed import bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.sequential import finetune_sequential
+from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.finetuning.scheme import Scheme, bn_affine, full_finetune, last_k, linear_probe
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 SCHEMES = [
@@ -66,7 +69,7 @@ def _sequential(backbone: Backbone, r: Replica, eb: EpisodeBatch, cfg: FinetuneC
     e = r.episode
     return finetune_sequential(
         backbone,
-        r.scheme,
+        r.strategy,
         eb.support_images[e],
         eb.support_labels[e],
         eb.query_images[e],
@@ -90,7 +93,7 @@ def _check_equal_to_sequential(
     return res
 
 
-def _mixed_replicas(schemes: list[Scheme], n_episodes: int = 2) -> list[Replica]:
+def _mixed_replicas(schemes: list[Scheme | Strategy], n_episodes: int = 2) -> list[Replica]:
     return [Replica(s, e, seed=7 * i + e) for i, s in enumerate(schemes) for e in range(n_episodes)]
 
 
@@ -100,6 +103,18 @@ def test_equals_sequential(conv4, episodes, head, shot) -> None:
     cfg = FinetuneConfig(passes=5, head=head)
     res = _check_equal_to_sequential(conv4, _mixed_replicas(SCHEMES), episodes[shot], cfg)
     assert not bool(res.diverged.any())
+
+
+def test_strategies_of_other_protocols_in_one_call_equal_sequential(conv4, episodes) -> None:
+    """A strategy's classifier and BN statistics override the protocol's, per replica."""
+    cfg = FinetuneConfig(passes=2)
+    strategies = [
+        linear_probe(4),
+        Strategy(Scheme((0, 0, 0.01, 0.1)), classifier="cosine"),
+        Strategy(Scheme((0, 0, 0, 0.1)), bn_stats="train"),
+        Strategy(Scheme((0, 0, 0.01, 0.1)), classifier="cosine", bn_stats="eval"),
+    ]
+    _check_equal_to_sequential(conv4, _mixed_replicas(strategies), episodes[5], cfg)
 
 
 def test_bn_train_mode_mixed_in_one_chunk(conv4, episodes) -> None:
@@ -161,7 +176,8 @@ def test_resnet_conv_granularity_stages() -> None:
                 continue
             kw = {"granularity": gran} if name != "conv4" else {}
             bb = create_backbone(name, in_channels=3, image_size=16, **kw)
-            stages, tail = forward_stages(bb)
+            split = bb.forward_stages()
+            stages, tail = split.stages, split.tail
             assert len(stages) > 1
             assert [layer for s in stages for layer in s.layers] == bb.layer_names()
             x = torch.randn(2, 3, 16, 16)

@@ -18,15 +18,31 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils.search import loop as S
+from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.evaluation.harness import evaluate_strategies
+from ptx_utils.finetuning.fixed import full_finetune, linear_probe
 from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.models import create_backbone
-from ptx_utils.running.presets import get_preset
-from ptx_utils.finetuning.scheme import Scheme, full_finetune, linear_probe
 from ptx_utils.plots.figures import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
+from ptx_utils.running.presets import get_preset
+from ptx_utils.search import (
+    CURVE_COLUMNS,
+    HISTORY_COLUMNS,
+    SEARCH_METHODS,
+    EpisodeFitness,
+    GenerationReport,
+    SearchConfig,
+    SearchError,
+    SearchResult,
+    SearchSpace,
+    diversity,
+    evolve,
+    operators,
+    search,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,7 +71,7 @@ class FakeFitness:
         return np.array(rows)
 
 
-def comparable(result: S.SearchResult) -> pd.DataFrame:
+def comparable(result: SearchResult) -> pd.DataFrame:
     """The history without wall times."""
     return result.history().drop(columns=["seconds"])
 
@@ -64,17 +80,17 @@ def comparable(result: S.SearchResult) -> pd.DataFrame:
 
 
 def test_config_round_trip_and_validation() -> None:
-    cfg = S.SearchConfig(population=8, lr_zoo=(0, 0.1), max_trainable_layers=2)
+    cfg = SearchConfig(population=8, lr_zoo=(0, 0.1), max_trainable_layers=2)
     assert cfg.lr_zoo == (0.0, 0.1) and cfg.budget == 8 * 20
-    assert S.SearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert SearchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match=r"unknown search setting.*popsize"):
-        S.SearchConfig.from_dict({"popsize": 3})
+        SearchConfig.from_dict({"popsize": 3})
     with pytest.raises(ValueError, match="method must be one of"):
-        S.SearchConfig(method="grid")
-    with pytest.raises(ValueError, match="distinct rates"):
-        S.SearchConfig(lr_zoo=(0.1, 0.1))
+        SearchConfig(method="grid")
+    with pytest.raises(ValueError, match="distinct learning rates"):
+        SearchConfig(lr_zoo=(0.1, 0.1))
     with pytest.raises(ValueError, match="min_trainable_layers <= max_trainable_layers"):
-        S.SearchConfig(min_trainable_layers=3, max_trainable_layers=1)
+        SearchConfig(min_trainable_layers=3, max_trainable_layers=1)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +100,8 @@ def test_config_round_trip_and_validation() -> None:
 def test_space_size_matches_enumeration_and_samples_are_feasible(
     zoo: tuple[float, ...], low: int, high: int | None
 ) -> None:
-    cfg = S.SearchConfig(lr_zoo=zoo, min_trainable_layers=low, max_trainable_layers=high)
-    space = S.SearchSpace.of(4, cfg)
+    cfg = SearchConfig(lr_zoo=zoo, min_trainable_layers=low, max_trainable_layers=high)
+    space = SearchSpace.of(4, cfg)
     everything = list(space.enumerate())
     assert space.size() == len(everything) == len(set(everything))
     rng = np.random.default_rng(0)
@@ -97,15 +113,15 @@ def test_space_size_matches_enumeration_and_samples_are_feasible(
 
 def test_an_impossible_constraint_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="relax the constraint"):
-        S.SearchSpace.of(3, S.SearchConfig(lr_zoo=(0.01, 0.1), max_trainable_layers=2))
+        SearchSpace.of(3, SearchConfig(lr_zoo=(0.01, 0.1), max_trainable_layers=2))
 
 
 # --- operators, budget, no double evaluation ----------------------------------------------------
 
 
-@pytest.mark.parametrize("method", S.SEARCH_METHODS)
+@pytest.mark.parametrize("method", SEARCH_METHODS)
 def test_every_candidate_is_new_feasible_and_inside_the_zoo(method: str) -> None:
-    cfg = S.SearchConfig(
+    cfg = SearchConfig(
         method=method,
         population=12,
         generations=15,
@@ -115,7 +131,7 @@ def test_every_candidate_is_new_feasible_and_inside_the_zoo(method: str) -> None
         seed=3,
     )
     fitness = FakeFitness()
-    result = S.evolve(fitness, LAYERS, cfg, progress=False)
+    result = evolve(fitness, LAYERS, cfg, progress=False)
     seen = [s.lrs for s in fitness.seen]
     assert len(seen) == len(set(seen)) == cfg.budget  # never evaluated twice; full budget
     assert fitness.calls == cfg.generations  # one fitness call per generation
@@ -131,26 +147,26 @@ def test_every_candidate_is_new_feasible_and_inside_the_zoo(method: str) -> None
 
 
 def test_mutation_and_crossover_only_use_parent_or_zoo_rates() -> None:
-    space = S.SearchSpace.of(6, S.SearchConfig())
+    space = SearchSpace.of(6, SearchConfig())
     rng = np.random.default_rng(0)
     a, b = (0.0,) * 6, (0.1,) * 6
     for _ in range(200):
-        child = S._crossover(rng, a, b)
+        child = operators._crossover(rng, a, b)
         assert set(child) <= {0.0, 0.1}
-        mutant = S._mutate(space, rng, a, 0.5)
+        mutant = operators._mutate(space, rng, a, 0.5)
         assert set(mutant) <= set(space.zoo)
-    assert S._mutate(space, rng, a, 0.0) == a
-    assert all(x != 0.0 for x in S._mutate(space, rng, a, 1.0))  # a mutation changes the rate
+    assert operators._mutate(space, rng, a, 0.0) == a
+    assert all(
+        x != 0.0 for x in operators._mutate(space, rng, a, 1.0)
+    )  # a mutation changes the rate
 
 
 def test_random_search_has_the_same_budget_and_first_generation() -> None:
-    ea = S.evolve(
-        FakeFitness(), LAYERS, S.SearchConfig(population=10, generations=6), progress=False
-    )
-    rs = S.evolve(
+    ea = evolve(FakeFitness(), LAYERS, SearchConfig(population=10, generations=6), progress=False)
+    rs = evolve(
         FakeFitness(),
         LAYERS,
-        S.SearchConfig(method="random", population=10, generations=6),
+        SearchConfig(method="random", population=10, generations=6),
         progress=False,
     )
     assert len(ea.candidates) == len(rs.candidates) == 60
@@ -161,27 +177,27 @@ def test_random_search_has_the_same_budget_and_first_generation() -> None:
 def test_evolution_beats_random_search_on_a_structured_fitness() -> None:
     wins = 0
     for seed in range(5):
-        cfg = S.SearchConfig(population=10, generations=10, seed=seed)
-        ea = S.evolve(FakeFitness(), LAYERS, cfg, progress=False).best.fitness
-        rs = S.SearchConfig(method="random", population=10, generations=10, seed=seed)
-        wins += ea > S.evolve(FakeFitness(), LAYERS, rs, progress=False).best.fitness
+        cfg = SearchConfig(population=10, generations=10, seed=seed)
+        ea = evolve(FakeFitness(), LAYERS, cfg, progress=False).best.fitness
+        rs = SearchConfig(method="random", population=10, generations=10, seed=seed)
+        wins += ea > evolve(FakeFitness(), LAYERS, rs, progress=False).best.fitness
     assert wins >= 4
 
 
 def test_a_small_space_is_exhausted_without_repeats() -> None:
-    cfg = S.SearchConfig(population=3, generations=10, lr_zoo=(0, 0.1), top_k=2)
+    cfg = SearchConfig(population=3, generations=10, lr_zoo=(0, 0.1), top_k=2)
     fitness = FakeFitness()
-    result = S.evolve(fitness, LAYERS[:3], cfg, progress=False)
+    result = evolve(fitness, LAYERS[:3], cfg, progress=False)
     assert result.exhausted and result.complete
-    assert sorted(s.lrs for s in fitness.seen) == sorted(S.SearchSpace.of(3, cfg).enumerate())
+    assert sorted(s.lrs for s in fitness.seen) == sorted(SearchSpace.of(3, cfg).enumerate())
     assert list(result.curve["n_new"]) == [3, 3, 2]
 
 
 def test_diverged_episodes_score_zero_and_are_flagged() -> None:
-    result = S.evolve(
+    result = evolve(
         FakeFitness(diverge_on=1.0),
         LAYERS,
-        S.SearchConfig(population=10, generations=3),
+        SearchConfig(population=10, generations=3),
         progress=False,
     )
     hist = result.history()
@@ -196,68 +212,68 @@ def test_diverged_episodes_score_zero_and_are_flagged() -> None:
 
 
 def test_same_seed_same_search_other_seed_other_search() -> None:
-    cfg = S.SearchConfig(population=8, generations=5, seed=1)
-    a = S.evolve(FakeFitness(), LAYERS, cfg, progress=False)
-    b = S.evolve(FakeFitness(), LAYERS, cfg, progress=False)
-    c = S.evolve(FakeFitness(), LAYERS, S.SearchConfig(population=8, generations=5, seed=2))
+    cfg = SearchConfig(population=8, generations=5, seed=1)
+    a = evolve(FakeFitness(), LAYERS, cfg, progress=False)
+    b = evolve(FakeFitness(), LAYERS, cfg, progress=False)
+    c = evolve(FakeFitness(), LAYERS, SearchConfig(population=8, generations=5, seed=2))
     pd.testing.assert_frame_equal(comparable(a), comparable(b))
     assert list(comparable(a)["scheme"]) != list(comparable(c)["scheme"])
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
-    cfg = S.SearchConfig(population=8, generations=6, seed=4)
+    cfg = SearchConfig(population=8, generations=6, seed=4)
 
-    def stop_after_two(report: S.GenerationReport) -> None:
+    def stop_after_two(report: GenerationReport) -> None:
         if report.generation == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        S.evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path / "s", callback=stop_after_two)
-    saved = S.SearchResult.load(tmp_path / "s")
+        evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path / "s", callback=stop_after_two)
+    saved = SearchResult.load(tmp_path / "s")
     assert saved.generations_done == 2 and len(saved.candidates) == 16
     fitness = FakeFitness()
-    resumed = S.evolve(fitness, LAYERS, cfg, out_dir=tmp_path / "s", progress=False)
+    resumed = evolve(fitness, LAYERS, cfg, out_dir=tmp_path / "s", progress=False)
     assert fitness.calls == 4  # only the missing generations ran
-    straight = S.evolve(FakeFitness(), LAYERS, cfg, progress=False)
+    straight = evolve(FakeFitness(), LAYERS, cfg, progress=False)
     pd.testing.assert_frame_equal(comparable(resumed), comparable(straight))
     assert resumed.best == straight.best
     # A finished search resumed again does nothing; asking for more generations extends it.
     again = FakeFitness()
-    S.evolve(again, LAYERS, cfg, out_dir=tmp_path / "s", progress=False)
+    evolve(again, LAYERS, cfg, out_dir=tmp_path / "s", progress=False)
     assert again.calls == 0
-    longer = S.SearchConfig(population=8, generations=8, seed=4)
-    extended = S.evolve(FakeFitness(), LAYERS, longer, out_dir=tmp_path / "s", progress=False)
-    longer_straight = S.evolve(FakeFitness(), LAYERS, longer, progress=False)
+    longer = SearchConfig(population=8, generations=8, seed=4)
+    extended = evolve(FakeFitness(), LAYERS, longer, out_dir=tmp_path / "s", progress=False)
+    longer_straight = evolve(FakeFitness(), LAYERS, longer, progress=False)
     pd.testing.assert_frame_equal(comparable(extended), comparable(longer_straight))
 
 
 def test_resuming_with_other_settings_or_without_permission_is_refused(tmp_path: Path) -> None:
-    cfg = S.SearchConfig(population=4, generations=2)
-    S.evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path, progress=False)
+    cfg = SearchConfig(population=4, generations=2)
+    evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path, progress=False)
     before = (tmp_path / "state.json").read_bytes()
-    with pytest.raises(S.SearchError, match="population=4 there, 5 now"):
-        S.evolve(FakeFitness(), LAYERS, S.SearchConfig(population=5, generations=2), tmp_path)
-    with pytest.raises(S.SearchError, match="backbone_digest"):
-        S.evolve(FakeFitness(), LAYERS, cfg, tmp_path, identity={"backbone_digest": "other"})
-    with pytest.raises(S.SearchError, match="resume=True"):
-        S.evolve(FakeFitness(), LAYERS, cfg, tmp_path, resume=False)
+    with pytest.raises(SearchError, match="population=4 there, 5 now"):
+        evolve(FakeFitness(), LAYERS, SearchConfig(population=5, generations=2), tmp_path)
+    with pytest.raises(SearchError, match="backbone_digest"):
+        evolve(FakeFitness(), LAYERS, cfg, tmp_path, identity={"backbone_digest": "other"})
+    with pytest.raises(SearchError, match="resume=True"):
+        evolve(FakeFitness(), LAYERS, cfg, tmp_path, resume=False)
     assert (tmp_path / "state.json").read_bytes() == before
-    with pytest.raises(S.SearchError, match="no search state"):
-        S.SearchResult.load(tmp_path / "nothing-here")
+    with pytest.raises(SearchError, match="no search state"):
+        SearchResult.load(tmp_path / "nothing-here")
 
 
 def test_written_files(tmp_path: Path) -> None:
-    cfg = S.SearchConfig(population=6, generations=3)
-    result = S.evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path, progress=False)
+    cfg = SearchConfig(population=6, generations=3)
+    result = evolve(FakeFitness(), LAYERS, cfg, out_dir=tmp_path, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["best_scheme.json", "curve.csv", "history.csv", "state.json"]
     hist = pd.read_csv(tmp_path / "history.csv")
-    assert list(hist.columns) == list(S.HISTORY_COLUMNS) and len(hist) == 18
+    assert list(hist.columns) == list(HISTORY_COLUMNS) and len(hist) == 18
     assert hist["fitness"].between(0, 1).all() and set(hist["generation"]) == {0, 1, 2}
     fitness = hist["fitness"].to_numpy()
     assert hist["rank"].tolist() == [1 + int((fitness > f).sum()) for f in fitness]
     curve = pd.read_csv(tmp_path / "curve.csv")
-    assert list(curve.columns) == list(S.CURVE_COLUMNS)
+    assert list(curve.columns) == list(CURVE_COLUMNS)
     assert curve["best_fitness"].is_monotonic_increasing
     best = json.loads((tmp_path / "best_scheme.json").read_text())
     assert best["fitness"] == result.best.fitness == hist["fitness"].max()
@@ -271,16 +287,36 @@ def test_written_files(tmp_path: Path) -> None:
     )
 
 
+COMMITTED_STATES = sorted(
+    Path(__file__).resolve().parent.parent.glob("benchmarks/results/search_*/search/*/state.json")
+)
+
+
+@pytest.mark.parametrize(
+    "state_path", COMMITTED_STATES, ids=lambda p: f"{p.parents[2].name}/{p.parent.name}"
+)
+def test_committed_search_states_still_load(state_path: Path) -> None:
+    result = SearchResult.load(state_path.parent)
+    assert result.candidates and result.generations_done >= 1
+    assert [c.index for c in result.candidates] == list(range(len(result.candidates)))
+    assert result.best.fitness == max(c.fitness for c in result.candidates)
+    assert list(result.history().columns) == list(HISTORY_COLUMNS)
+    # Saving it again writes the same state: the format is unchanged.
+    assert json.loads(json.dumps(result.state())) == json.loads(state_path.read_text())
+
+
+def test_committed_search_states_are_found() -> None:
+    assert len(COMMITTED_STATES) >= 1
+
+
 def test_report_line_and_figures(tmp_path: Path) -> None:
-    reports: list[S.GenerationReport] = []
-    ea = S.evolve(
-        FakeFitness(), LAYERS, S.SearchConfig(population=5, generations=2), callback=reports.append
+    reports: list[GenerationReport] = []
+    ea = evolve(
+        FakeFitness(), LAYERS, SearchConfig(population=5, generations=2), callback=reports.append
     )
     line = reports[-1].line()
     assert line.startswith("generation 2/2: best ") and "mean" in line and "diversity" in line
-    rs = S.evolve(
-        FakeFitness(), LAYERS, S.SearchConfig(method="random", population=5, generations=2)
-    )
+    rs = evolve(FakeFitness(), LAYERS, SearchConfig(method="random", population=5, generations=2))
     fig = search_figure({"evolution": ea, "random": rs})
     paths = save_figure(fig, tmp_path / "search")
     assert [p.suffix for p in paths] == [".pdf", ".png"] and all(
@@ -295,8 +331,8 @@ def test_report_line_and_figures(tmp_path: Path) -> None:
         column_sums[k % 6] += float(t.rstrip("%")) / 100
     np.testing.assert_allclose(column_sums, 1.0, atol=0.02)
     save_figure(heat, tmp_path / "heat")
-    assert S.diversity([(0.0, 0.1), (0.0, 0.1)]) == 0.0
-    assert S.diversity([(0.0, 0.1), (0.1, 0.0)]) == 1.0
+    assert diversity([(0.0, 0.1), (0.0, 0.1)]) == 0.0
+    assert diversity([(0.0, 0.1), (0.1, 0.0)]) == 1.0
 
 
 # --- with the real fine-tuning engine -----------------------------------------------------------
@@ -313,9 +349,13 @@ def _backbone() -> torch.nn.Module:
 def test_episode_fitness_equals_the_evaluation_harness(synthetic_test: FewShotDataset) -> None:
     backbone = _backbone()
     episodes = sample_episodes(synthetic_test, n_way=5, k_shot=1, n_query=3, n_episodes=3, seed=2)
-    schemes = [linear_probe(4), full_finetune(4, 0.1), Scheme((0, 0, 0.1, 0.01))]
-    fitness = S.EpisodeFitness(backbone, synthetic_test, episodes, SMALL_FT, seed=7, progress=False)
-    acc = fitness(schemes)
+    # The fitness takes strategies and schemes alike; the harness gets their schemes.
+    strategies = [linear_probe(4), full_finetune(4, 0.1), Scheme((0, 0, 0.1, 0.01))]
+    schemes = [linear_probe(4).scheme, full_finetune(4, 0.1).scheme, strategies[2]]
+    runtime = Runtime(seed=7, progress=False)
+    fitness = EpisodeFitness(backbone, synthetic_test, episodes, SMALL_FT, runtime=runtime)
+    acc = fitness(strategies)
+    np.testing.assert_array_equal(acc, fitness(schemes))
     rows = evaluate_strategies(
         backbone,
         {str(i): s for i, s in enumerate(schemes)},
@@ -339,7 +379,7 @@ KILL_SCRIPT = textwrap.dedent(
     from ptx_utils.data.episodes import sample_episodes
     from ptx_utils.finetuning.protocol import FinetuneConfig
     from ptx_utils.models import create_backbone
-    from ptx_utils.search.loop import SearchConfig, search
+    from ptx_utils.search import SearchConfig, search
 
     def kill_after_generation_two(report):
         if report.generation == 1:
@@ -367,13 +407,14 @@ def test_search_killed_after_generation_two_resumes_to_the_same_result(
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert "not killed" not in proc.stdout
-    assert S.SearchResult.load(out).generations_done == 2
+    assert SearchResult.load(out).generations_done == 2
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
     episodes = sample_episodes(synthetic_test, n_way=5, k_shot=1, n_query=3, n_episodes=3, seed=2)
-    cfg = S.SearchConfig(**SMALL_SEARCH)
-    resumed = S.search(_backbone(), synthetic_test, episodes, cfg, SMALL_FT, out_dir=out)
-    straight = S.search(_backbone(), synthetic_test, episodes, cfg, SMALL_FT, progress=False)
+    cfg = SearchConfig(**SMALL_SEARCH)
+    resumed = search(_backbone(), synthetic_test, episodes, cfg, SMALL_FT, out_dir=out)
+    quiet = Runtime(progress=False)
+    straight = search(_backbone(), synthetic_test, episodes, cfg, SMALL_FT, runtime=quiet)
     assert resumed.generations_done == straight.generations_done == 4
     pd.testing.assert_frame_equal(comparable(resumed), comparable(straight))
     assert resumed.best == straight.best and resumed.best.fitness == straight.best.fitness
@@ -381,14 +422,14 @@ def test_search_killed_after_generation_two_resumes_to_the_same_result(
         np.testing.assert_array_equal(a.accuracies, b.accuracies)
     # Another backbone may not continue this search.
     other = create_backbone("conv4", in_channels=3, image_size=16)
-    with pytest.raises(S.SearchError, match="backbone_digest"):
-        S.search(other, synthetic_test, episodes, cfg, SMALL_FT, out_dir=out, progress=False)
+    with pytest.raises(SearchError, match="backbone_digest"):
+        search(other, synthetic_test, episodes, cfg, SMALL_FT, out_dir=out, runtime=quiet)
 
 
 @pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
 def test_presets_hold_valid_search_and_finetune_settings(preset: str) -> None:
     params = get_preset(preset)
-    config = S.SearchConfig.from_dict(params["search"])
+    config = SearchConfig.from_dict(params["search"])
     FinetuneConfig(**params["finetune"])
     assert config.top_k <= config.population and params["n_val_episodes"] >= 1
     if preset == "paper":

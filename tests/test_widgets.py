@@ -15,14 +15,22 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils.search import loop as S
-from ptx_utils.widgets import explorers as W
+from ptx_utils import search as S
+from ptx_utils import widgets as W
+from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import Episodes, sample_episodes
-from ptx_utils.evaluation.harness import evaluate_strategies
-from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.evaluation import evaluate_strategies
+from ptx_utils.finetuning import (
+    FinetuneConfig,
+    Scheme,
+    Strategy,
+    as_strategy,
+    last_k,
+    linear_probe,
+)
 from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.finetuning.scheme import Scheme, last_k, linear_probe
+from ptx_utils.widgets import render, scheme_explorer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +54,14 @@ def explorer(
 ) -> W.SchemeExplorer:
     n = len(backbone.layer_names())
     refs = {"last-1": last_k(n, 1, 0.01), "linear probe": linear_probe(n)}
-    return W.SchemeExplorer(backbone, synthetic_test, episodes, CFG, refs, engine="sequential")
+    return W.SchemeExplorer(
+        backbone=backbone,
+        dataset=synthetic_test,
+        episodes=episodes,
+        cfg=CFG,
+        references=refs,
+        engine="sequential",
+    )
 
 
 def _bar_labels(fig: plt.Figure) -> list[str]:
@@ -64,15 +79,14 @@ def test_evaluate_matches_the_harness(
 ) -> None:
     scheme = Scheme((0.0, 0.0, 0.1, 0.01))
     rows = evaluate_strategies(
-        backbone,
-        {"x": scheme},
-        synthetic_test,
-        episodes,
-        CFG,
-        seed=0,
+        backbone=backbone,
+        strategies={"x": scheme},
+        dataset=synthetic_test,
+        episodes=episodes,
+        cfg=CFG,
+        runtime=Runtime(seed=0, progress=False),
         engine="sequential",
-        progress=False,
-    )
+    ).rows
     accuracy = np.nan_to_num(rows["accuracy"].to_numpy(), nan=0.0)
     mean, ci95 = explorer.evaluate(scheme)
     assert mean == pytest.approx(accuracy.mean())
@@ -84,13 +98,13 @@ def test_scores_are_cached_and_references_batched(
     explorer: W.SchemeExplorer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
-    real = W.evaluate_strategies
+    real = scheme_explorer.evaluate_strategies
 
-    def counting(*args: object, **kwargs: object) -> pd.DataFrame:
-        calls.append([str(s) for s in args[1].values()])  # type: ignore[attr-defined]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+    def counting(**kwargs: object) -> object:
+        calls.append([str(s) for s in kwargs["strategies"].values()])  # type: ignore[attr-defined]
+        return real(**kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(W, "evaluate_strategies", counting)
+    monkeypatch.setattr(scheme_explorer, "evaluate_strategies", counting)
     explorer._scores.clear()
     table = explorer.reference_table()
     assert len(calls) == 1 and len(calls[0]) == 2  # both references in one call
@@ -124,7 +138,7 @@ def test_widget_controls_build_the_scheme_and_the_button_redraws(
     explorer.button.click()
     outputs = explorer.output.outputs
     assert len(outputs) == 1 and "image/png" in outputs[0]["data"]
-    assert scheme in explorer._scores and explorer._tried[-1] == scheme
+    assert as_strategy(scheme) in explorer._scores and explorer._tried[-1] == scheme
     assert explorer.status is not None and "%" in explorer.status.value
     assert not explorer.button.disabled
 
@@ -143,11 +157,13 @@ def test_invalid_references_and_episodes_are_refused(
     backbone: Backbone, synthetic_test: FewShotDataset, episodes: Episodes
 ) -> None:
     def make(refs: dict, eps: Episodes = episodes) -> W.SchemeExplorer:
-        return W.SchemeExplorer(backbone, synthetic_test, eps, CFG, refs)
+        return W.SchemeExplorer(
+            backbone=backbone, dataset=synthetic_test, episodes=eps, cfg=CFG, references=refs
+        )
 
     with pytest.raises(ValueError, match=r"reference 'short'.*3 learning rates.*4 layers"):
         make({"short": Scheme((0.0, 0.0, 0.01))})
-    with pytest.raises(ValueError, match=r"reference 'text' must be a ptx_utils.finetuning.scheme.Scheme"):
+    with pytest.raises(TypeError, match=r"reference 'text': expected a ptx_utils Strategy"):
         make({"text": "0 0 0 0.01"})  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="at least one reference"):
         make({})
@@ -168,8 +184,16 @@ def test_static_figure_has_a_bar_per_reference_and_extra(explorer: W.SchemeExplo
         ]
     finally:
         plt.close(fig)
-    with pytest.raises(ValueError, match="extra scheme 'bad' does not fit"):
+    with pytest.raises(ValueError, match=r"extra scheme 'bad': .*1 learning rates.*4 layers"):
         explorer.static_figure({"bad": Scheme((0.0,))})
+
+
+def test_scheme_label_names_a_strategy_s_other_fields() -> None:
+    scheme = Scheme((0.0, 0.0, 0.0, 0.01))
+    assert W.scheme_label("last-1", scheme) == "last-1 (0 0 0 0.01)"
+    assert W.scheme_label("last-1", Strategy(scheme)) == "last-1 (0 0 0 0.01)"
+    cosine = Strategy(Scheme((0.0, 0.0, 0.0, 0.01), head_lr=0.1), classifier="cosine")
+    assert W.scheme_label("", cosine) == "0 0 0 0.01, head 0.1, cosine"
 
 
 # --- DomainShiftExplorer ------------------------------------------------------------------------
@@ -245,7 +269,7 @@ def test_domain_shift_explorer_names_what_is_missing() -> None:
         W.DomainShiftExplorer(
             TARGETS, samples, summary.assign(mean=summary["mean"] * 100), schemes, LAYERS
         )
-    with pytest.raises(ValueError, match=r"schemes\['shift 0'\] does not fit"):
+    with pytest.raises(ValueError, match=r"scheme for target 'shift 0': .*4 learning rates"):
         W.DomainShiftExplorer(TARGETS, samples, summary, schemes, LAYERS[:3])
     samples["shift 0"] = samples["shift 0"].float()
     with pytest.raises(ValueError, match=r"samples\['shift 0'\] must be a non-empty uint8"):
@@ -346,7 +370,7 @@ def test_show_in_a_live_kernel_displays_the_widget_and_the_figure(
     import IPython.display
 
     shown: list[object] = []
-    monkeypatch.setattr(W, "_ipython", lambda: SimpleNamespace(kernel=object()))
+    monkeypatch.setattr(render, "_ipython", lambda: SimpleNamespace(kernel=object()))
     monkeypatch.setattr(IPython.display, "display", shown.append)
     browser = W.SearchHistoryBrowser(searches, top=2)
     assert W.show(browser) == []

@@ -15,7 +15,7 @@ from conftest import make_dataset
 from ptx_utils.steps import workflow
 from ptx_utils.models.checkpoint import save_checkpoint
 from ptx_utils.data.convert import convert_images, match_format
-from ptx_utils.evaluation.harness import ROW_COLUMNS, paired_table
+from ptx_utils.evaluation.harness import paired_table, ROW_COLUMNS
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import create_backbone
 from ptx_utils.finetuning.scheme import Scheme

@@ -1,0 +1,59 @@
+"""Fine-tuning: strategies, the protocol, one sequential reference and one batched engine.
+
+- :mod:`~ptx_utils.finetuning.scheme` — :class:`Scheme`, per-layer learning rates; the lr zoo.
+- :mod:`~ptx_utils.finetuning.strategy` — :class:`Strategy`, how to adapt to one episode.
+- :mod:`~ptx_utils.finetuning.fixed` — linear probe, full fine-tune, last-k, BN-affine.
+- :mod:`~ptx_utils.finetuning.protocol` — :class:`FinetuneConfig` and the replica plan.
+- :mod:`~ptx_utils.finetuning.sequential` — the reference (``torch.optim.SGD``).
+- :mod:`~ptx_utils.finetuning.batched` — the vmapped engine (+ ``functional_sgd``,
+  ``replica_bn``, ``chunking``), proven equal to the reference.
+- :mod:`~ptx_utils.finetuning.replicas` — run and score replicas with either engine.
+"""
+
+from ptx_utils.finetuning.batched import BatchedResult, Replica, finetune_batched
+from ptx_utils.finetuning.fixed import bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.protocol import FinetuneConfig, replica_plan
+from ptx_utils.finetuning.replicas import (
+    ENGINES,
+    default_engine,
+    place_episodes,
+    replica_accuracies,
+    replica_seed,
+)
+from ptx_utils.finetuning.scheme import (
+    DEFAULT_HEAD_LR,
+    DEFAULT_LR_ZOO,
+    PARAM_KINDS,
+    Scheme,
+    check_lr_zoo,
+)
+from ptx_utils.finetuning.sequential import FinetuneResult, finetune_sequential
+from ptx_utils.finetuning.strategy import Attachment, Strategy, as_strategy, check_strategies
+
+__all__ = [
+    "DEFAULT_HEAD_LR",
+    "DEFAULT_LR_ZOO",
+    "ENGINES",
+    "PARAM_KINDS",
+    "Attachment",
+    "BatchedResult",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "Replica",
+    "Scheme",
+    "Strategy",
+    "as_strategy",
+    "bn_affine",
+    "check_lr_zoo",
+    "check_strategies",
+    "default_engine",
+    "finetune_batched",
+    "finetune_sequential",
+    "full_finetune",
+    "last_k",
+    "linear_probe",
+    "place_episodes",
+    "replica_accuracies",
+    "replica_plan",
+    "replica_seed",
+]

@@ -1,39 +1,20 @@
-"""Fine-tuning a pre-trained backbone plus a new head on an episode's support set, under a scheme.
+"""The fine-tuning protocol every engine follows: :class:`FinetuneConfig` and the replica plan.
 
-This module holds the protocol and the **sequential reference**: one scheme, one episode, plain
-PyTorch (``torch.optim.SGD``), as simple as it can be. The batched engine must produce the same
-query logits; both draw everything random from :func:`replica_plan`, so a (scheme, episode, seed)
-replica sees the same head initialisation and the same mini-batch order in either engine.
-
-Protocol (Chen et al. 2019, Shen et al. 2021), every value a field of :class:`FinetuneConfig`:
-a new head per episode (linear or cosine), SGD with momentum 0.9, dampening 0.9, weight decay 1e-3,
-batch 4, 100 passes over the support set; backbone layers take the scheme's rates (0 = frozen),
-the head ``scheme.head_lr``.
-
-Decisions (documented in the README):
-
-- **BN mode** ``"eval"`` (default): batch norm uses its pre-trained running statistics and never
-  updates them; with 4 images a batch, batch statistics are mostly noise. Its affine weights still
-  train when the scheme trains the layer. ``"train"``: layers with a non-zero rate normalise with
-  batch statistics and update their running statistics; frozen layers stay in eval mode.
-- **Augmentation** during fine-tuning: off by default (``augment=False``); on, each mini-batch is
-  augmented like pre-training, with the replica's generator.
-- **Divergence**: when the loss becomes NaN or infinite the replica stops, is marked diverged and
-  its query logits are NaN (scored as failed, never silently as chance).
+Chen et al. 2019 / Shen et al. 2021: a new head per episode (linear or cosine), SGD momentum 0.9,
+dampening 0.9, weight decay 1e-3, batch 4, 100 passes over the support set; backbone layers take
+the scheme's rates (0 = frozen). Everything random in a replica comes from :func:`replica_plan`,
+so both engines see the same head initialisation and batch order. Decisions: ``docs/protocol.md``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ptx_utils.data.augment import Augmentation, augment, normalize
-from ptx_utils.models import Backbone, create_head
 from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.models import Backbone
 
 BN_MODES = ("eval", "train")
 HEADS = ("linear", "cosine")
@@ -101,7 +82,8 @@ def replica_plan(
     return ReplicaPlan(weight, torch.zeros(n_way), batches, gen)
 
 
-def _is_bn(module: torch.nn.Module) -> bool:
+def is_bn(module: torch.nn.Module) -> bool:
+    """Whether ``module`` is a batch-norm layer (any dimension)."""
     return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
 
 
@@ -118,7 +100,7 @@ def trainable_groups(backbone: Backbone, scheme: Scheme) -> list[dict[str, objec
             continue
         mods = [m for top in modules[name] for m in top.modules()]
         if scheme.params == "bn":
-            mods = [m for m in mods if _is_bn(m)]
+            mods = [m for m in mods if is_bn(m)]
         params = list(dict.fromkeys(p for m in mods for p in m.parameters(recurse=False)))
         if params:
             groups.append({"params": params, "lr": lr})
@@ -134,78 +116,5 @@ def set_bn_mode(backbone: Backbone, scheme: Scheme, bn_mode: str) -> None:
             if lr > 0:
                 for top in modules[name]:
                     for m in top.modules():
-                        if _is_bn(m):
+                        if is_bn(m):
                             m.train()
-
-
-@dataclass(frozen=True)
-class FinetuneResult:
-    """Query logits (Q, n_way) (NaN when diverged) and whether the replica diverged."""
-
-    logits: torch.Tensor
-    diverged: bool
-
-
-def finetune_sequential(
-    backbone: Backbone,
-    scheme: Scheme,
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    cfg: FinetuneConfig = FinetuneConfig(),
-    seed: int = 0,
-) -> FinetuneResult:
-    """Fine-tune a copy of ``backbone`` and a new head on one support set; score the queries.
-
-    Args:
-        backbone: the pre-trained backbone (left unchanged).
-        scheme: per-layer learning rates.
-        support_images: uint8 (N, C, H, W); support_labels: int64 (N,) in [0, n_way).
-        query_images: uint8 (Q, C, H, W).
-        seed: the replica's seed (head initialisation, batch order, augmentation).
-
-    Returns:
-        :class:`FinetuneResult` with float32 logits (Q, n_way).
-    """
-    device = next(backbone.parameters()).device
-    model = copy.deepcopy(backbone)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    groups = trainable_groups(model, scheme)
-    for g in groups:
-        for p in g["params"]:  # type: ignore[union-attr]
-            p.requires_grad_(True)
-    plan = replica_plan(seed, len(support_images), n_way, model.out_dim, cfg)
-    head = create_head(cfg.head, model.out_dim, n_way).to(device)
-    with torch.no_grad():
-        head.weight.copy_(plan.head_weight)
-        if getattr(head, "bias", None) is not None:
-            head.bias.copy_(plan.head_bias)
-    optimizer = torch.optim.SGD(
-        [*groups, {"params": list(head.parameters()), "lr": scheme.head_lr}],
-        lr=scheme.head_lr,
-        momentum=cfg.momentum,
-        dampening=cfg.dampening,
-        weight_decay=cfg.weight_decay,
-    )
-    set_bn_mode(model, scheme, cfg.bn_mode)
-    aug = Augmentation()
-    x_all = support_images.to(device)
-    y_all = support_labels.to(device)
-    for row in plan.batches:
-        idx = row[row >= 0].to(device)
-        x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
-        loss = F.cross_entropy(head(model(x)), y_all[idx])
-        if not torch.isfinite(loss):
-            nan = torch.full((len(query_images), n_way), float("nan"), device=device)
-            return FinetuneResult(nan, diverged=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        logits = head(model(normalize(query_images.to(device)))).float()
-    if not bool(torch.isfinite(logits).all()):
-        return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
-    return FinetuneResult(logits, diverged=False)

@@ -1,4 +1,4 @@
-"""A :class:`Strategy`: a frozen, hashable, JSON-round-trip description of how to adapt to an episode.
+"""A :class:`Strategy`: a frozen, hashable, JSON-round-trip description of how to adapt.
 
 Every adaptation method the kit compares is one: the per-layer :class:`Scheme` plus the classifier,
 optimiser, attached parameters, feature transform, batch-norm statistics and meta-trained parts.
@@ -31,9 +31,7 @@ PLANNED_ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune", "case")
 
 def _choice(what: str, value: str, implemented: Sequence[str], planned: Sequence[str]) -> None:
     if value not in (*implemented, *planned):
-        raise ValueError(
-            f"{what} must be one of {(*implemented, *planned)}, got {value!r}"
-        )
+        raise ValueError(f"{what} must be one of {(*implemented, *planned)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -167,8 +165,10 @@ class Strategy:
             )
         head = cfg.head if self.classifier == "protocol" else self.classifier
         bn_mode = cfg.bn_mode if self.bn_stats == "protocol" else self.bn_stats
-        return cfg if (head, bn_mode) == (cfg.head, cfg.bn_mode) else replace(
-            cfg, head=head, bn_mode=bn_mode
+        return (
+            cfg
+            if (head, bn_mode) == (cfg.head, cfg.bn_mode)
+            else replace(cfg, head=head, bn_mode=bn_mode)
         )
 
     # -- text and JSON -------------------------------------------------------------------------

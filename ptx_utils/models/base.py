@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ptx_utils.models.stages import ForwardStages, single_stage
+
 
 class Backbone(nn.Module):
     """A feature extractor: float (B, in_channels, S, S) -> (B, out_dim).
@@ -85,6 +87,16 @@ class Backbone(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_channels, S, S) -> (B, out_dim), without input checks."""
         raise NotImplementedError
+
+    def forward_stages(self) -> ForwardStages:
+        """The forward split into stages at layer boundaries (one stage unless overridden).
+
+        Example:
+            >>> from ptx_utils.models import create_backbone
+            >>> [s.layers for s in create_backbone("conv4", image_size=28).forward_stages().stages]
+            [('block1',), ('block2',), ('block3',), ('block4',)]
+        """
+        return single_stage(self)
 
     def _infer_out_dim(self) -> int:
         """Feature size for an ``image_size`` input, by a dummy forward (eval mode, no grad).

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ptx_utils.models import Backbone, create_backbone
 from ptx_utils.core.io import atomic_save
+from ptx_utils.models import Backbone, create_backbone
 
 CHECKPOINT_FORMAT = 1
 

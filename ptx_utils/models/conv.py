@@ -15,6 +15,7 @@ from torch import nn
 
 from ptx_utils.models.base import Backbone
 from ptx_utils.models.registry import register_backbone
+from ptx_utils.models.stages import ForwardStages, flatten, submodule, tile
 
 #: Channels of every conv block (CloserLook).
 CONV_WIDTH = 64
@@ -67,6 +68,13 @@ class ConvNet(Backbone):
         for i in range(self.depth):
             x = getattr(self, f"block{i + 1}")(x)
         return torch.flatten(x, 1)
+
+    def forward_stages(self) -> ForwardStages:
+        """One stage per block, then flatten (one stage if a subclass re-defines the forward)."""
+        if type(self)._forward is not ConvNet._forward:
+            return super().forward_stages()
+        names = [f"block{i + 1}" for i in range(self.depth)]
+        return tile(self, [(submodule(n), (n,)) for n in names], flatten)
 
 
 def _init_weights(module: nn.Module) -> None:

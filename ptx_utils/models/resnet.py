@@ -31,6 +31,7 @@ from torch import nn
 
 from ptx_utils.models.base import Backbone
 from ptx_utils.models.registry import register_backbone
+from ptx_utils.models.stages import ForwardStages, StageFn, pool_flatten, submodule, tile
 
 #: What a layer is, for ``granularity=``.
 GRANULARITIES = ("block", "conv")
@@ -154,6 +155,16 @@ class ResNet(Backbone):
             x = getattr(self, f"layer{stage + 1}")(x)
         return torch.flatten(self.avgpool(x), 1)
 
+    def forward_stages(self) -> ForwardStages:
+        """The stem, then one stage per residual block, then pool + flatten."""
+        if type(self)._forward is not ResNet._forward:
+            return super().forward_stages()
+        spec: list[tuple[StageFn, tuple[str, ...]]] = [(_stem, ("conv1", "bn1", "relu", "maxpool"))]
+        for stage, n_blocks in enumerate(self.blocks):
+            names = [f"layer{stage + 1}.{j}" for j in range(n_blocks)]
+            spec += [(submodule(n), (n,)) for n in names]
+        return tile(self, spec, pool_flatten)
+
     def config(self) -> dict[str, Any]:
         return {**super().config(), "granularity": self.granularity}
 
@@ -233,8 +244,20 @@ class ResNet12(Backbone):
             x = getattr(self, f"block{i + 1}")(x)
         return torch.flatten(self.avgpool(x), 1)
 
+    def forward_stages(self) -> ForwardStages:
+        """One stage per residual block, then pool + flatten."""
+        if type(self)._forward is not ResNet12._forward:
+            return super().forward_stages()
+        names = [f"block{i + 1}" for i in range(len(RESNET12_WIDTHS))]
+        return tile(self, [(submodule(n), (n,)) for n in names], pool_flatten)
+
     def config(self) -> dict[str, Any]:
         return {**super().config(), "granularity": self.granularity}
+
+
+def _stem(bb: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ResNet stem: conv 7x7/2 - BN - ReLU - maxpool 3x3/2."""
+    return bb.maxpool(bb.relu(bb.bn1(bb.conv1(x))))
 
 
 def _init_weights(module: nn.Module, nonlinearity: str, slope: float = 0.0) -> None:

@@ -29,12 +29,18 @@ from ptx_utils.data import FewShotDataset, load_dataset
 from ptx_utils.data.convert import match_format
 from ptx_utils.core.device import resolve_device
 from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.evaluation.harness import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.evaluation.harness import (
+    evaluate_strategies,
+    paired_table,
+    summary_table,
+    write_results,
+)
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.models import Backbone
 from ptx_utils.core.io import atomic_write_json, atomic_write_text
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.scheme import Scheme, bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.fixed import bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.search.loop import SearchConfig, SearchResult, search
 
 #: Validation episodes use ``seed + VAL_SEED_OFFSET`` so they never coincide with test episodes.

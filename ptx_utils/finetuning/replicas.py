@@ -1,0 +1,163 @@
+"""The replica runner: fine-tune (strategy, episode, seed) replicas with either engine; score them.
+
+What the search's fitness and the evaluation harness share. A replica's seed depends on the
+episode, never on the strategy (:func:`replica_seed`), so strategies compared on one episode start
+from the same head and see the same batch order.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ptx_utils.core.device import resolve_device
+from ptx_utils.data.base import FewShotDataset
+from ptx_utils.data.episodes import Episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.sequential import finetune_sequential
+from ptx_utils.finetuning.strategy import Strategy
+from ptx_utils.models import Backbone
+
+ENGINES = ("sequential", "batched")
+SEED_STRIDE = 1_000_003
+
+
+def replica_seed(seed: int, episode: int) -> int:
+    """The fine-tuning seed of episode ``episode``: ``seed * 1_000_003 + episode``.
+
+    It does not depend on the strategy, so every strategy gets the same head initialisation and
+    batch order on one episode.
+    """
+    return int(seed) * SEED_STRIDE + int(episode)
+
+
+def default_engine() -> str:
+    """``"batched"`` when :mod:`ptx_utils.finetuning.batched` imports, else ``"sequential"``."""
+    try:
+        import ptx_utils.finetuning.batched  # noqa: F401
+    except ImportError:
+        return "sequential"
+    return "batched"
+
+
+EpisodeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def place_episodes(
+    backbone: Backbone,
+    dataset: FewShotDataset,
+    episodes: Episodes,
+    device: str | torch.device = "auto",
+) -> tuple[Backbone, EpisodeTensors]:
+    """The backbone (copied only if it must move) and the episodes' tensors on ``device``.
+
+    Returns:
+        (model, (support_images uint8 (E, N, C, H, W), support_labels int64 (E, N),
+        query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q))).
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    model = backbone
+    if next(backbone.parameters()).device != dev:
+        model = copy.deepcopy(backbone).to(dev)
+    batch = episodes.tensors(dataset)
+    tensors = (
+        batch.support_images.to(dev),
+        batch.support_labels.to(dev),
+        batch.query_images.to(dev),
+        batch.query_labels.to(dev),
+    )
+    return model, tensors
+
+
+def replica_accuracies(
+    model: Backbone,
+    strategies: Sequence[Strategy | Scheme],
+    episode_index: Sequence[int],
+    seeds: Sequence[int],
+    episode_tensors: EpisodeTensors,
+    n_way: int,
+    cfg: FinetuneConfig,
+    engine: str = "batched",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    desc: str = "fine-tuning",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-tune replica i = (``strategies[i]``, episode ``episode_index[i]``, ``seeds[i]``), score.
+
+    Args:
+        model: the backbone, already on the device of ``episode_tensors``.
+        episode_tensors: stacked episodes (support_images uint8 (E, N, C, H, W), support_labels
+            int64 (E, N), query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q)).
+        engine: ``"sequential"`` (the reference, one replica at a time) or ``"batched"``.
+
+    Returns:
+        accuracy float64 (R,): fraction of the replica's queries right, NaN when it diverged;
+        diverged bool (R,): the engine said so or a logit is not finite.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    support_images, support_labels, query_images, query_labels = episode_tensors
+    dev = query_labels.device
+    if engine == "sequential":
+        logits_list, diverged_list = [], []
+        for strategy, e, s in zip(
+            tqdm(strategies, desc=desc, unit="replica", disable=not progress),
+            episode_index,
+            seeds,
+            strict=True,
+        ):
+            result = finetune_sequential(
+                model,
+                strategy,
+                support_images[e],
+                support_labels[e],
+                query_images[e],
+                n_way,
+                cfg,
+                seed=s,
+            )
+            logits_list.append(result.logits.to(dev))
+            diverged_list.append(result.diverged)
+        logits = (
+            torch.stack(logits_list)
+            if logits_list
+            else torch.empty(0, query_images.shape[1], n_way, device=dev)
+        )
+        diverged = torch.tensor(diverged_list, dtype=torch.bool, device=dev)
+    else:
+        from ptx_utils.finetuning.batched import Replica, finetune_batched
+
+        replicas = [
+            Replica(strategy=strategy, episode=e, seed=s)
+            for strategy, e, s in zip(strategies, episode_index, seeds, strict=True)
+        ]
+        result = finetune_batched(
+            model,
+            replicas,
+            support_images,
+            support_labels,
+            query_images,
+            n_way,
+            cfg,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=desc,
+        )
+        logits = result.logits.to(dev)
+        diverged = torch.as_tensor(result.diverged, dtype=torch.bool, device=dev)
+
+    # Non-finite logits count as diverged whatever the engine said.
+    diverged = diverged | ~torch.isfinite(logits).flatten(1).all(1)
+    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=dev)
+    correct = logits.argmax(-1) == query_labels[index]
+    accuracy = correct.double().mean(-1)
+    accuracy = torch.where(diverged, torch.full_like(accuracy, math.nan), accuracy)
+    return accuracy.cpu().numpy().astype(np.float64), diverged.cpu().numpy().astype(bool)

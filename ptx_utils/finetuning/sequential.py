@@ -1,0 +1,100 @@
+"""The sequential reference: one strategy, one episode, plain PyTorch (``torch.optim.SGD``).
+
+As simple as it can be; the batched engine must give the same query logits (fp32, 1e-4).
+Divergence (a NaN or infinite loss) stops the replica; its logits are NaN, never chance.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.finetuning.protocol import (
+    FinetuneConfig,
+    replica_plan,
+    set_bn_mode,
+    trainable_groups,
+)
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.strategy import Strategy, as_strategy
+from ptx_utils.models import Backbone, create_head
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Query logits (Q, n_way) (NaN when diverged) and whether the replica diverged."""
+
+    logits: torch.Tensor
+    diverged: bool
+
+
+def finetune_sequential(
+    backbone: Backbone,
+    strategy: Strategy | Scheme,
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    cfg: FinetuneConfig = FinetuneConfig(),  # noqa: B008  (frozen dataclass)
+    seed: int = 0,
+) -> FinetuneResult:
+    """Fine-tune a copy of ``backbone`` and a new head on one support set; score the queries.
+
+    Args:
+        backbone: the pre-trained backbone (left unchanged).
+        strategy: how to adapt (a bare :class:`Scheme` is the strategy of its rates).
+        support_images: uint8 (N, C, H, W); support_labels: int64 (N,) in [0, n_way).
+        query_images: uint8 (Q, C, H, W).
+        seed: the replica's seed (head initialisation, batch order, augmentation).
+
+    Returns:
+        :class:`FinetuneResult` with float32 logits (Q, n_way).
+    """
+    strategy = as_strategy(strategy)
+    cfg = strategy.protocol(cfg)
+    scheme = strategy.scheme
+    device = next(backbone.parameters()).device
+    model = copy.deepcopy(backbone)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    groups = trainable_groups(model, scheme)
+    for g in groups:
+        for p in g["params"]:  # type: ignore[union-attr]
+            p.requires_grad_(True)
+    plan = replica_plan(seed, len(support_images), n_way, model.out_dim, cfg)
+    head = create_head(cfg.head, model.out_dim, n_way).to(device)
+    with torch.no_grad():
+        head.weight.copy_(plan.head_weight)
+        if getattr(head, "bias", None) is not None:
+            head.bias.copy_(plan.head_bias)
+    optimizer = torch.optim.SGD(
+        [*groups, {"params": list(head.parameters()), "lr": scheme.head_lr}],
+        lr=scheme.head_lr,
+        momentum=cfg.momentum,
+        dampening=cfg.dampening,
+        weight_decay=cfg.weight_decay,
+    )
+    set_bn_mode(model, scheme, cfg.bn_mode)
+    aug = Augmentation()
+    x_all = support_images.to(device)
+    y_all = support_labels.to(device)
+    for row in plan.batches:
+        idx = row[row >= 0].to(device)
+        x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
+        loss = F.cross_entropy(head(model(x)), y_all[idx])
+        if not torch.isfinite(loss):
+            nan = torch.full((len(query_images), n_way), float("nan"), device=device)
+            return FinetuneResult(nan, diverged=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        logits = head(model(normalize(query_images.to(device)))).float()
+    if not bool(torch.isfinite(logits).all()):
+        return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
+    return FinetuneResult(logits, diverged=False)
