@@ -151,7 +151,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
     tic = time.perf_counter()
-    result = search(backbone, data, episodes, config, finetune, runtime=Runtime(device=str(device)))
+    runtime = Runtime(device=str(device))
+    result = search(backbone, data, episodes, config, finetune, runtime=runtime)
     if device.type == "cuda":
         torch.cuda.synchronize()
     search_seconds = time.perf_counter() - tic
@@ -166,7 +167,7 @@ def main() -> None:
         data,
         episodes,
         finetune,
-        runtime=Runtime(seed=args.seed, device=str(device)),
+        runtime=Runtime(seed=args.seed, device=runtime.device),
         engine="sequential",
     )
     naive_seconds = 0.0

@@ -1,13 +1,15 @@
-"""The README's reproduction table, rendered from the row JSONs of ``benchmarks/reproduce.py``.
+"""The reproduction table of docs/reproduction.md, rendered from ``benchmarks/reproduce.py``'s rows.
 
     python benchmarks/reproduction_table.py [--dir benchmarks/results/reproduction]
+        [--write [docs/reproduction.md]]
 
 Prints Markdown in the style of LibFewShot's ``reproduce/`` pages: per setting (dataset, backbone,
 pre-training method, n-way k-shot) one line per strategy — the published number where a paper
 reports this protocol, ptx-kit's mean ± 95 % CI, the scheme, the pre-training (epochs run, the
 best epoch, time), the search and test time and the device — then the exact
 command of each setting. Every number printed comes from a JSON file; nothing is typed in except
-the published numbers in :data:`PAPER`.
+the published numbers in :data:`PAPER`. With ``--write`` the table also replaces the text between
+the :data:`BEGIN` and :data:`END` marker lines of that page (nothing else of the page changes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ PAPER: dict[tuple[str, str, str, int, str], tuple[float, str]] = {
 }
 # P-Transfer's Conv6 1-shot "fixed" number differs from CloserLook's for the same protocol.
 P_TRANSFER_CONV6_FIXED = 52.52
+
+#: The page the table lives in, and the marker lines around it there.
+PAGE = "docs/reproduction.md"
+BEGIN = "<!-- reproduction-table:begin"
+END = "<!-- reproduction-table:end -->"
 
 STRATEGY_ORDER = ("searched", "linear probe", "full fine-tune", "last-1", "BN-affine")
 
@@ -112,12 +119,35 @@ def render(rows: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_between_markers(page: str | Path, text: str) -> Path:
+    """Replace what lies between the page's :data:`BEGIN` and :data:`END` lines with ``text``
+    (framed by one blank line each side); refuse a page without exactly one pair."""
+    path = Path(page)
+    lines = path.read_text().splitlines(keepends=True)
+    begins = [i for i, ln in enumerate(lines) if ln.startswith(BEGIN)]
+    ends = [i for i, ln in enumerate(lines) if ln.startswith(END)]
+    if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
+        raise SystemExit(
+            f"{path}: need one line starting {BEGIN!r} and, after it, one starting {END!r}; "
+            f"found {len(begins)} and {len(ends)}"
+        )
+    body = "\n" + text + "\n"
+    path.write_text("".join(lines[: begins[0] + 1]) + body + "".join(lines[ends[0] :]))
+    return path
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default="benchmarks/results/reproduction")
+    p.add_argument(
+        "--write", nargs="?", const=PAGE, default=None, metavar="PAGE",
+        help=f"also put the table into PAGE between its marker lines (default {PAGE})",
+    )  # fmt: skip
     args = p.parse_args(argv)
     text = render(load_rows(args.dir))
     print(text, end="")
+    if args.write:
+        write_between_markers(args.write, text)
     return text
 
 

@@ -1,20 +1,33 @@
 """ptx-kit: partial transfer for few-shot image classification.
 
-The notebooks in ``notebooks/`` call this package; every piece of logic lives here so that tests
-can reach it. Sub-modules:
+The notebooks in ``notebooks/`` call this package; every piece of logic lives here. Sub-packages
+follow the data flow, and each imports only from those before it:
 
-- :mod:`ptx_utils.data` — dataset registry, loaders from local files, decoded-image cache.
-- :mod:`ptx_utils.data.episodes` — n-way k-shot episodes, deterministic from a seed.
-- :mod:`ptx_utils.models` — backbones with ordered layers (registry by name) and heads.
-- :mod:`ptx_utils.pretraining.loop` — Baseline / Baseline++ / ProtoNet pre-training, resumable.
-- :mod:`ptx_utils.models.checkpoint` — checkpoints (weights + metadata), read with weights_only=True.
-- :mod:`ptx_utils.models.features` — frozen features and nearest-centroid accuracy on episodes.
-- :mod:`ptx_utils.finetuning.scheme` — per-layer learning-rate schemes and the named fixed strategies.
-- :mod:`ptx_utils.finetuning.protocol`, :mod:`ptx_utils.finetuning.batched` — reference and batched engine.
-- :mod:`ptx_utils.evaluation.harness`, :mod:`ptx_utils.core.stats` — strategies x episodes, CIs, paired tests.
-- :mod:`ptx_utils.core.io` — run directories, provenance, atomic writes.
-- :mod:`ptx_utils.plots.figures` — figures saved as PDF and PNG.
-- :mod:`ptx_utils.running.cli` — the ``ptx`` command.
+- :mod:`ptx_utils.core` — atomic I/O, provenance, device, runtime, statistics, LaTeX, checks.
+- :mod:`ptx_utils.data` — datasets by name, decoded-image cache, episodes, augmentation.
+- :mod:`ptx_utils.models` — backbones (layers + forward stages), heads, checkpoints, features.
+- :mod:`ptx_utils.pretraining` — Baseline / Baseline++ / ProtoNet, resumable.
+- :mod:`ptx_utils.finetuning` — schemes, strategies, protocol, sequential reference, batched engine.
+- :mod:`ptx_utils.search` — evolutionary and random search for the per-layer scheme.
+- :mod:`ptx_utils.evaluation` — strategies × episodes → mean ± CI, paired tests, reports.
+- :mod:`ptx_utils.steps` — what notebooks 02–05 call, one module per step.
+- :mod:`ptx_utils.plots`, :mod:`ptx_utils.widgets` — figures (PDF + PNG); live explorers.
+- :mod:`ptx_utils.running` — presets, the papermill pipeline, the ``ptx`` command.
 """
 
 __version__ = "0.1.0"
+
+#: The sub-packages in data-flow order: a sub-package imports only from those before it.
+FLOW = (
+    "core",
+    "data",
+    "models",
+    "pretraining",
+    "finetuning",
+    "search",
+    "evaluation",
+    "steps",
+    "plots",
+    "widgets",
+    "running",
+)

@@ -349,23 +349,21 @@ def _backbone() -> torch.nn.Module:
 def test_episode_fitness_equals_the_evaluation_harness(synthetic_test: FewShotDataset) -> None:
     backbone = _backbone()
     episodes = sample_episodes(synthetic_test, n_way=5, k_shot=1, n_query=3, n_episodes=3, seed=2)
-    # The fitness takes strategies and schemes alike; the harness gets their schemes.
+    # The fitness takes strategies and bare schemes alike.
     strategies = [linear_probe(4), full_finetune(4, 0.1), Scheme((0, 0, 0.1, 0.01))]
-    schemes = [linear_probe(4).scheme, full_finetune(4, 0.1).scheme, strategies[2]]
     runtime = Runtime(seed=7, progress=False)
     fitness = EpisodeFitness(backbone, synthetic_test, episodes, SMALL_FT, runtime=runtime)
     acc = fitness(strategies)
-    np.testing.assert_array_equal(acc, fitness(schemes))
+    np.testing.assert_array_equal(acc, fitness([s.scheme for s in strategies[:2]] + strategies[2:]))
     rows = evaluate_strategies(
         backbone,
-        {str(i): s for i, s in enumerate(schemes)},
+        {str(i): s for i, s in enumerate(strategies)},
         synthetic_test,
         episodes,
         SMALL_FT,
-        seed=7,
+        runtime=runtime,
         engine="batched",
-        progress=False,
-    )
+    ).rows
     np.testing.assert_array_equal(acc, rows["accuracy"].to_numpy().reshape(3, 3))
     assert fitness.identity()["episodes_digest"] == episodes.digest()
 

@@ -13,7 +13,7 @@ images of one class never overlap.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -181,3 +181,31 @@ def sample_episodes(
             members = per_class[c]
             chosen[i, j] = members[_first_m_of_permutation(bits, len(members), k_shot + n_query)]
     return Episodes(classes, chosen[:, :, :k_shot], chosen[:, :, k_shot:], fingerprint, int(seed))
+
+
+@dataclass(frozen=True)
+class EpisodeSetting:
+    """An episode protocol: ``n_way`` classes, ``k_shot`` support and ``n_query`` query images
+    per class, ``n_episodes`` episodes.
+
+    Example:
+        >>> from ptx_utils.data import load_dataset
+        >>> test = load_dataset("synthetic", "test", image_size=16, images_per_class=20)
+        >>> len(EpisodeSetting(n_way=5, k_shot=1, n_query=15, n_episodes=3).sample(test, seed=0))
+        3
+    """
+
+    n_way: int = 5
+    k_shot: int = 1
+    n_query: int = 15
+    n_episodes: int = 600
+
+    def sample(self, dataset: FewShotDataset, seed: int = 0) -> Episodes:
+        """:func:`sample_episodes` of this setting."""
+        return sample_episodes(
+            dataset, self.n_way, self.k_shot, self.n_query, self.n_episodes, seed
+        )
+
+    def with_shot(self, k_shot: int) -> EpisodeSetting:
+        """The same setting with ``k_shot`` support images per class."""
+        return replace(self, k_shot=int(k_shot))

@@ -1,19 +1,9 @@
 """Pre-training on base classes: Baseline, Baseline++ (Chen et al. 2019), ProtoNet (Snell et al.).
 
-One loop serves the three methods; they differ only in how a step makes its loss:
-
-- ``baseline``: cross-entropy over all base classes with a linear head;
-- ``baseline++``: the same with a cosine head (:class:`~ptx_utils.models.CosineHead`);
-- ``protonet``: episodic; queries are classified by distance to support centroids.
-
-After every epoch the backbone is scored by nearest-centroid accuracy on fixed validation episodes;
-the best epoch is kept as ``best.pt`` and every epoch as ``last.pt`` (atomically). A run that is
-interrupted resumes from ``last.pt`` — weights, optimiser, random-generator state and history — and
-ends with exactly the weights an uninterrupted run would have (on CPU, same seed). ``curves.csv``
-and ``curves.pdf/.png`` show loss and accuracies per epoch.
-
-Speed: on CUDA the uint8 split is held on the GPU when it fits, augmentation runs there in batches,
-and the backbone runs channels-last under bfloat16 autocast.
+One loop serves the three methods; they differ only in how a step makes its loss. Each epoch is
+scored by nearest-centroid accuracy on fixed validation episodes; ``best.pt`` and ``last.pt`` are
+written atomically, ``curves.csv`` after every epoch; an interrupted run resumes from ``last.pt``
+to exactly the weights of an uninterrupted one. Details: ``docs/pretraining.md``.
 """
 
 from __future__ import annotations
@@ -21,110 +11,26 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ptx_utils.data.augment import Augmentation, augment, normalize
-from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ptx_utils.data.base import FewShotDataset
 from ptx_utils.core.device import autocast, resolve_device
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
-from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.core.io import atomic_save
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.stats import mean_ci95
-from ptx_utils.plots.figures import curves_figure, save_figure
-
-METHODS = ("baseline", "baseline++", "protonet")
-
-
-@dataclass
-class PretrainConfig:
-    """Everything that defines a pre-training run (saved in the checkpoint).
-
-    Attributes:
-        method: ``baseline``, ``baseline++`` or ``protonet``.
-        backbone / granularity: passed to :func:`~ptx_utils.models.create_backbone`.
-        epochs: number of epochs; ``epoch_images`` caps the images per epoch (None: the split).
-        batch_size, lr, weight_decay: Adam on backbone and head.
-        crop, flip, jitter: training augmentation (see :class:`~ptx_utils.data.augment.Augmentation`).
-        train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's training episodes.
-        val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
-            the nearest-centroid metric that scores each epoch.
-        seed: the one seed of the run (initialisation, batch order, augmentation, episodes).
-        device: ``auto``, ``cpu`` or ``cuda[:i]``; amp / channels_last apply on CUDA only.
-    """
-
-    method: str = "baseline++"
-    backbone: str = "conv4"
-    granularity: str = "block"
-    epochs: int = 400
-    epoch_images: int | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    crop: bool = True
-    flip: bool = True
-    jitter: float = 0.4
-    train_way: int = 5
-    train_shot: int = 5
-    train_query: int = 16
-    episodes_per_epoch: int = 100
-    val_way: int = 5
-    val_shot: int = 5
-    val_query: int = 15
-    val_episodes: int = 100
-    val_metric: str = "euclidean"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
-            )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        """Build from a dict, refusing unknown keys with the list of known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown pre-training parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-
-@dataclass
-class PretrainResult:
-    """Where the run wrote its files, and its per-epoch history."""
-
-    out_dir: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val: float = float("nan")
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.out_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.out_dir / "last.pt"
+from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.data.base import FewShotDataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.models import Backbone, create_backbone, create_head
+from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
+from ptx_utils.pretraining.config import PretrainConfig, PretrainResult
 
 
 class _Trainer:
@@ -262,7 +168,7 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
-    """``curves.csv`` (one row per epoch) and ``curves.pdf/.png`` (loss; train and val accuracy)."""
+    """``curves.csv``: one row per epoch (``plots.curves_figure`` draws it)."""
     if not history:
         return
     buffer = io.StringIO()
@@ -270,9 +176,6 @@ def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_save(out_dir / "curves.csv", lambda f: f.write(buffer.getvalue().encode()))
-    fig = curves_figure(history)
-    save_figure(fig, out_dir / "curves")
-    plt.close(fig)
 
 
 def pretrain(

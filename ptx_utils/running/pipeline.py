@@ -18,20 +18,24 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ptx_utils.running.presets import get_preset
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.run_dir import new_run_dir, write_params
+from ptx_utils.running.presets import get_preset
 
 NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Parameters a resumed run may change: where things are, not what is computed.
 RESUME_OVERRIDES = ("data_root", "device", "runs_root")
+#: Where the kernel's own messages go, inside the run directory.
+KERNEL_LOG = "kernel.log"
 
 
 class PipelineError(RuntimeError):
@@ -90,10 +94,33 @@ def prepare_run(
     return path, params
 
 
+@contextmanager
+def kernel_output_to(log: Path) -> Iterator[None]:
+    """Send what the kernel process prints (its start-up warnings, "KeyboardInterrupt caught in
+    kernel" at shutdown) to ``log`` instead of the terminal: file descriptors 1 and 2 point at the
+    log while the kernel runs, and are restored afterwards."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log, "ab") as f:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def execute_notebook(notebook: Path, run_dir: Path, params: Mapping[str, Any]) -> Path:
     """Run one notebook with papermill into ``run_dir``; raise :class:`PipelineError` on failure.
 
-    The kernel runs in ``run_dir``, so a relative ``$PTX_CACHE_DIR`` is made absolute for it.
+    The kernel runs in ``run_dir``, so a relative ``$PTX_CACHE_DIR`` is made absolute for it; what
+    the kernel process prints goes to ``run_dir/kernel.log``.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -103,14 +130,15 @@ def execute_notebook(notebook: Path, run_dir: Path, params: Mapping[str, Any]) -
     if cache and not Path(cache).is_absolute():
         os.environ["PTX_CACHE_DIR"] = str(Path(cache).resolve())
     try:
-        papermill.execute_notebook(
-            str(notebook),
-            str(output),
-            parameters=dict(params),
-            cwd=str(run_dir),
-            kernel_name="python3",
-            progress_bar=False,
-        )
+        with kernel_output_to(run_dir / KERNEL_LOG):
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters=dict(params),
+                cwd=str(run_dir),
+                kernel_name="python3",
+                progress_bar=False,
+            )
     except PapermillExecutionError as exc:
         raise PipelineError(
             f"notebook {notebook.name} failed in cell {exc.exec_count}: {exc.ename}: "

@@ -30,7 +30,7 @@ _COMMON: dict[str, Any] = {
     "novel_split": "test",
 }
 
-# Pre-training settings per preset: keys of ptx_utils.pretraining.loop.PretrainConfig. The notebooks merge
+# Pre-training settings per preset: keys of ptx_utils.pretraining.PretrainConfig. The notebooks merge
 # the notebook parameter ``pretrain`` (a dict of overrides) over these.
 _PRETRAIN: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -46,7 +46,7 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
     "paper": {"method": "baseline++", "epochs": 400, "batch_size": 16, "val_episodes": 100},
 }
 
-# Search settings per preset: keys of ptx_utils.search.loop.SearchConfig (merged like ``pretrain``).
+# Search settings per preset: keys of ptx_utils.search.SearchConfig (merged like ``pretrain``).
 # The paper: population 20, 20 generations, top-10 parents. On a 2-core CPU one 5-way 1-shot
 # candidate costs ~4.5 s with 10 episodes and 50 passes (Conv4, 32x32), so demo is far smaller.
 _SEARCH: dict[str, dict[str, Any]] = {
@@ -55,7 +55,7 @@ _SEARCH: dict[str, dict[str, Any]] = {
     "paper": {"population": 20, "generations": 20, "top_k": 10},
 }
 
-# Fine-tuning protocol per preset: keys of ptx_utils.finetuning.protocol.FinetuneConfig. The paper's is 100
+# Fine-tuning protocol per preset: keys of ptx_utils.finetuning.FinetuneConfig. The paper's is 100
 # passes over the support set; demo halves it (at 50 passes the fixed strategies rank as at 100 on
 # the synthetic default, at 20 the linear probe under-fits), smoke only checks that it runs.
 _FINETUNE: dict[str, dict[str, Any]] = {

@@ -4,8 +4,8 @@
 wrote (``results/search_summary.csv``, ``transfer_summary.csv``, ``transfer_vs_searched.csv``,
 ``domain_shift_summary.csv``, ``domain_shift_schemes.csv``) into tidy frames with a ``run``
 column; a run that is missing a file is listed with what it lacks, never silently dropped.
-:func:`write_tables` writes them as CSV and LaTeX (booktabs, mean ± 95 % CI in percent), the
-figure functions draw them with seaborn in the Okabe-Ito palette.
+:func:`write_tables` writes them as CSV and LaTeX (booktabs, mean ± 95 % CI in percent);
+:mod:`ptx_utils.plots.analysis` draws them.
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from ptx_utils.evaluation.harness import latex_escape
 from ptx_utils.core.io import atomic_write_text
-from ptx_utils.plots.figures import OKABE_ITO, strategy_palette
+from ptx_utils.evaluation import mean_ci_latex
 
 #: result files a finished run has, by the notebook that writes them.
 RESULT_FILES = {
@@ -116,62 +111,6 @@ def gather(root: str | Path, only: Sequence[str] | None = None) -> RunCollection
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def _cell(mean: float, ci: float) -> str:
-    if not np.isfinite(mean):
-        return "--"
-    return f"{100 * mean:.2f} $\\pm$ {100 * ci:.2f}"
-
-
-def mean_ci_latex(
-    frame: pd.DataFrame,
-    index: str | Sequence[str],
-    columns: str | Sequence[str],
-    caption: str | None = None,
-    mean: str = "mean",
-    ci: str = "ci95",
-    bold_best: bool = True,
-) -> str:
-    """A booktabs table of ``mean ± ci`` in percent: rows = ``index``, columns = ``columns``
-    (values of those frame columns, in order of appearance); the best mean of each column bold."""
-    index = [index] if isinstance(index, str) else list(index)
-    columns = [columns] if isinstance(columns, str) else list(columns)
-
-    def key(record: dict, names: list[str]) -> str:
-        return " ".join(str(record[n]) for n in names)
-
-    records = frame.to_dict("records")
-    row_keys = list(dict.fromkeys(key(r, index) for r in records))
-    col_keys = list(dict.fromkeys(key(r, columns) for r in records))
-    cells = {(key(r, index), key(r, columns)): r for r in records}
-    best = {}
-    for c in col_keys:
-        values = [cells[(r, c)][mean] for r in row_keys if (r, c) in cells]
-        finite = [v for v in values if np.isfinite(v)]
-        best[c] = max(finite) if finite else None
-    lines = []
-    if caption is not None:
-        lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(caption)}}}"]
-    lines += [
-        "\\begin{tabular}{l" + "c" * len(col_keys) + "}",
-        "\\toprule",
-        " & ".join([latex_escape(" / ".join(index)), *map(latex_escape, col_keys)]) + " \\\\",
-        "\\midrule",
-    ]
-    for r in row_keys:
-        row = [latex_escape(r)]
-        for c in col_keys:
-            rec = cells.get((r, c))
-            text = "--" if rec is None else _cell(rec[mean], rec[ci])
-            if bold_best and rec is not None and rec[mean] == best[c] and text != "--":
-                text = f"\\textbf{{{text}}}"
-            row.append(text)
-        lines.append(" & ".join(row) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    if caption is not None:
-        lines.append("\\end{table}")
-    return "\n".join(lines) + "\n"
-
-
 def transfer_table(collection: RunCollection) -> pd.DataFrame:
     """Strategies × (run, setting): mean, ci95, n, plus the paired difference to the searched
     scheme (``diff_vs_searched``, ``diff_ci95``; positive = the searched scheme is better)."""
@@ -248,133 +187,3 @@ def write_tables(collection: RunCollection, out_dir: str | Path) -> dict[str, Pa
             "Test accuracy (%) per target of growing domain shift",
         )
     return written
-
-
-# --- figures --------------------------------------------------------------------------------------
-
-
-def _style() -> Any:
-    """seaborn's white-grid style, as a context manager."""
-    import seaborn as sns
-
-    return sns.axes_style("whitegrid")
-
-
-def transfer_overview(collection: RunCollection) -> Figure:
-    """Mean test accuracy ± 95 % CI per strategy, one panel per (run, setting)."""
-    table = transfer_table(collection)
-    if table.empty:
-        raise ValueError("no transfer results in any run: run notebook 03_transfer first")
-    panels = list(dict.fromkeys(zip(table["run"], table["setting"], strict=True)))
-    names = list(dict.fromkeys(table["strategy"]))
-    palette = strategy_palette(names)
-    with _style():
-        fig, axes = plt.subplots(
-            1,
-            len(panels),
-            figsize=(0.8 + 2.6 * len(panels), 0.9 + 0.4 * len(names)),
-            squeeze=False,
-            sharey=True,
-        )
-        for ax, (run, setting) in zip(axes[0], panels, strict=True):
-            part = table[(table["run"] == run) & (table["setting"] == setting)]
-            part = part.set_index("strategy").reindex(names)
-            y = np.arange(len(names))
-            ax.errorbar(
-                100 * part["mean"],
-                y,
-                xerr=100 * part["ci95"],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-                lw=1,
-            )
-            ax.scatter(100 * part["mean"], y, c=[palette[n] for n in names], s=40, zorder=3)
-            ax.set_yticks(y, names)
-            ax.set_title(f"{run}\n{setting}", fontsize=8)
-            ax.set_xlabel("test accuracy (%)")
-        axes[0][0].invert_yaxis()
-        fig.tight_layout()
-    return fig
-
-
-def shift_overview(collection: RunCollection) -> Figure:
-    """Per run: accuracy vs target per strategy (top) and layers the searched scheme
-    fine-tunes (bottom)."""
-    shift = collection["shift"]
-    if shift.empty:
-        raise ValueError("no domain-shift results in any run: run notebook 04_domain_shift first")
-    runs = list(dict.fromkeys(shift["run"]))
-    names = list(dict.fromkeys(shift["strategy"]))
-    palette = strategy_palette(names)
-    with _style():
-        fig, axes = plt.subplots(
-            2,
-            len(runs),
-            figsize=(0.8 + 3.8 * len(runs), 5.4),
-            squeeze=False,
-            gridspec_kw={"height_ratios": [2, 1]},
-        )
-        for j, run in enumerate(runs):
-            part = shift[shift["run"] == run].sort_values("order", kind="stable")
-            targets = list(dict.fromkeys(part["target"]))
-            x = np.arange(len(targets))
-            ax = axes[0][j]
-            for name in names:
-                line = part[part["strategy"] == name].set_index("target").reindex(targets)
-                ax.errorbar(
-                    x,
-                    100 * line["mean"],
-                    yerr=100 * line["ci95"],
-                    marker="o",
-                    ms=4,
-                    capsize=2,
-                    color=palette[name],
-                    label=name,
-                    lw=2.2 if name == "searched" else 1.1,
-                )
-            ax.set_xticks(x, targets, rotation=15, fontsize=7)
-            ax.set(title=run, ylabel="test accuracy (%)")
-            searched = part[part["strategy"] == "searched"].set_index("target").reindex(targets)
-            axes[1][j].bar(x, searched["n_trainable"], color=palette.get("searched", OKABE_ITO[5]))
-            axes[1][j].set_xticks(x, targets, rotation=15, fontsize=7)
-            axes[1][j].set(
-                ylabel="layers fine-tuned\n(searched)", xlabel="target (growing shift →)"
-            )
-            axes[1][j].yaxis.get_major_locator().set_params(integer=True)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-    return fig
-
-
-def search_overview(collection: RunCollection) -> Figure:
-    """Best validation fitness per search method and protocol, per run."""
-    import seaborn as sns
-
-    searches = collection["search"]
-    if searches.empty:
-        raise ValueError("no search results in any run: run notebook 02_search first")
-    frame = searches.assign(
-        protocol=[
-            f"{r} {w}w{k}s"
-            for r, w, k in zip(searches["run"], searches["n_way"], searches["k_shot"], strict=True)
-        ],
-        percent=100 * searches["best_fitness"],
-    )
-    methods = list(dict.fromkeys(frame["method"]))
-    palette = {m: OKABE_ITO[i] for i, m in enumerate(methods)}
-    with _style():
-        fig, ax = plt.subplots(figsize=(1.5 + 1.2 * frame["protocol"].nunique(), 3.2))
-        sns.barplot(data=frame, x="protocol", y="percent", hue="method", palette=palette, ax=ax)
-        for container in ax.containers:
-            ax.bar_label(container, fmt="%.1f", fontsize=7)
-        low = frame["percent"].min()
-        ax.set_ylim(max(0, low - 10), 100)
-        ax.set(
-            xlabel="",
-            ylabel="best validation accuracy (%)",
-            title="search: best fitness at equal budget",
-        )
-        ax.tick_params(axis="x", labelsize=7, rotation=15)
-        fig.tight_layout()
-    return fig

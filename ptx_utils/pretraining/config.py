@@ -1,0 +1,86 @@
+"""A pre-training run's settings (:class:`PretrainConfig`) and outputs (:class:`PretrainResult`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ptx_utils.core.checks import refuse_unknown
+
+METHODS = ("baseline", "baseline++", "protonet")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pre-training run (saved in the checkpoint).
+
+    Attributes:
+        method: ``baseline``, ``baseline++`` or ``protonet``.
+        backbone / granularity: passed to :func:`~ptx_utils.models.create_backbone`.
+        epochs: number of epochs; ``epoch_images`` caps the images per epoch (None: the split).
+        batch_size, lr, weight_decay: Adam on backbone and head.
+        crop, flip, jitter: training augmentation (:class:`~ptx_utils.data.augment.Augmentation`).
+        train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's training episodes.
+        val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
+            the nearest-centroid metric that scores each epoch.
+        seed: the one seed of the run (initialisation, batch order, augmentation, episodes).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``; amp / channels_last apply on CUDA only.
+    """
+
+    method: str = "baseline++"
+    backbone: str = "conv4"
+    granularity: str = "block"
+    epochs: int = 400
+    epoch_images: int | None = None
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    crop: bool = True
+    flip: bool = True
+    jitter: float = 0.4
+    train_way: int = 5
+    train_shot: int = 5
+    train_query: int = 16
+    episodes_per_epoch: int = 100
+    val_way: int = 5
+    val_shot: int = 5
+    val_query: int = 15
+    val_episodes: int = 100
+    val_metric: str = "euclidean"
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        """Build from a dict, refusing unknown keys with the list of known ones."""
+        refuse_unknown(values, (f.name for f in fields(cls)), "pre-training parameter")
+        return cls(**values)
+
+
+@dataclass
+class PretrainResult:
+    """Where the run wrote its files, and its per-epoch history."""
+
+    out_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = float("nan")
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / "last.pt"

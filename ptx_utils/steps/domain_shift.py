@@ -1,0 +1,281 @@
+"""Notebook 04's step: one search and one test per domain-shift target (dial level or dataset)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ptx_utils.core.io import atomic_write_json, atomic_write_text, refuse_existing, slug
+from ptx_utils.core.provenance import provenance
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.data.convert import match_format
+from ptx_utils.data.episodes import EpisodeSetting
+from ptx_utils.evaluation import evaluate_strategies, mean_ci_latex, summary_table
+from ptx_utils.finetuning import FinetuneConfig, Scheme
+from ptx_utils.models import Backbone
+from ptx_utils.search import SearchResult, search
+from ptx_utils.steps.common import val_seed
+from ptx_utils.steps.searching import search_config
+from ptx_utils.steps.transfer import transfer_strategies
+
+#: Columns of ``domain_shift_summary.csv`` (:func:`run_domain_shift`).
+SHIFT_SUMMARY_COLUMNS = (
+    "target",
+    "order",
+    "shift",
+    "strategy",
+    "scheme",
+    "n_trainable",
+    "n_way",
+    "k_shot",
+    "n_episodes",
+    "n",
+    "n_diverged",
+    "mean",
+    "ci95",
+)
+#: Columns of ``domain_shift_schemes.csv``: the searched scheme per target, one row per layer.
+SHIFT_SCHEME_COLUMNS = (
+    "target",
+    "order",
+    "shift",
+    "layer",
+    "layer_index",
+    "lr",
+    "n_trainable",
+    "fitness",
+)
+
+
+@dataclass
+class Target:
+    """One transfer target: validation classes for the search, novel classes for the test.
+
+    Attributes:
+        label: e.g. ``"shift 0.5"`` or ``"omniglot/test"``.
+        order: position along the shift axis (0 = the backbone's own domain).
+        shift: the synthetic dial's level, NaN for a real dataset.
+        val, test: the splits, already in the backbone's channels and image size.
+    """
+
+    label: str
+    order: int
+    shift: float
+    val: FewShotDataset
+    test: FewShotDataset
+
+    def samples(self, n_classes: int = 3, per_class: int = 4) -> torch.Tensor:
+        """The first ``per_class`` test images of the first ``n_classes`` classes:
+        uint8 (n_classes * per_class, C, H, W)."""
+        index = [i for c in self.test.class_indices()[:n_classes] for i in c[:per_class].tolist()]
+        return self.test.images[index]
+
+    @property
+    def slug(self) -> str:
+        """A file-name form of the label (``shift_0.5``, ``omniglot_test``)."""
+        return slug(self.label, sep="_")
+
+
+def parse_cross_domain(entry: str) -> tuple[str, str, str]:
+    """``"name"`` or ``"name:val_split:test_split"`` -> (name, val split, test split)."""
+    parts = entry.split(":")
+    if len(parts) == 1:
+        return parts[0], "val", "test"
+    if len(parts) == 3 and all(parts):
+        return parts[0], parts[1], parts[2]
+    raise ValueError(
+        f"cross-domain target {entry!r}: expected 'name' or 'name:val_split:test_split', "
+        "e.g. 'omniglot:evaluation-val:test'"
+    )
+
+
+def shift_targets(
+    dataset: str,
+    shift_levels: Sequence[float],
+    cross_domain: Sequence[str],
+    val_split: str,
+    novel_split: str,
+    channels: int,
+    image_size: int,
+    data_root: str | Path | None = None,
+) -> list[Target]:
+    """The targets notebook 04 transfers one backbone to, in order of growing shift.
+
+    For the synthetic dataset: one target per ``shift_levels`` value (the dial; the same classes
+    and drawings at every level). For a real dataset: its own ``novel_split`` first. Then every
+    ``cross_domain`` entry (:func:`parse_cross_domain`), loaded at the backbone's ``image_size``
+    and converted to its ``channels`` (:func:`~ptx_utils.data.convert.match_format`).
+    """
+    targets: list[Target] = []
+
+    def add(label: str, shift: float, val: FewShotDataset, test: FewShotDataset) -> None:
+        val, test = (match_format(d, channels, image_size) for d in (val, test))
+        targets.append(Target(label, len(targets), shift, val, test))
+
+    if dataset == "synthetic":
+        if not shift_levels:
+            raise ValueError("shift_levels is empty: give the synthetic dial's levels, e.g. [0, 1]")
+        for level in sorted(float(s) for s in shift_levels):
+            # The dataset's default seed: the classes notebook 01 pre-trained on, re-rendered.
+            load = {"image_size": image_size, "shift": level}
+            add(
+                f"shift {level:g}",
+                level,
+                load_dataset("synthetic", val_split, **load),
+                load_dataset("synthetic", novel_split, **load),
+            )
+    else:
+        load = {"root": data_root, "image_size": image_size}
+        add(
+            f"{dataset}/{novel_split}",
+            math.nan,
+            load_dataset(dataset, val_split, **load),
+            load_dataset(dataset, novel_split, **load),
+        )
+    for entry in cross_domain:
+        name, val, test = parse_cross_domain(entry)
+        # Loaded at the backbone's size from the source pixels (one resize, e.g. Omniglot's
+        # 105 px straight to 84); match_format then converts the channels.
+        load = {"root": data_root, "image_size": image_size}
+        add(
+            f"{name}/{test}",
+            math.nan,
+            load_dataset(name, val, **load),
+            load_dataset(name, test, **load),
+        )
+    return targets
+
+
+@dataclass
+class DomainShiftResult:
+    """What :func:`run_domain_shift` produced.
+
+    Attributes:
+        rows: per (target, strategy, episode), the columns of
+            :data:`~ptx_utils.evaluation.harness.ROW_COLUMNS` plus ``target``, ``order``, ``shift``.
+        summary: per (target, strategy), columns :data:`SHIFT_SUMMARY_COLUMNS`.
+        schemes: the searched scheme per (target, layer), columns :data:`SHIFT_SCHEME_COLUMNS`.
+        searches: target label -> its search.
+    """
+
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    schemes: pd.DataFrame
+    searches: dict[str, SearchResult]
+
+    def searched(self) -> dict[str, Scheme]:
+        """Target label -> the searched scheme."""
+        return {label: result.best.scheme for label, result in self.searches.items()}
+
+
+def run_domain_shift(
+    backbone: Backbone,
+    targets: Sequence[Target],
+    val: EpisodeSetting,
+    test: EpisodeSetting,
+    settings: Mapping[str, Any],
+    cfg: FinetuneConfig,
+    run_dir: str | Path,
+    runtime: Runtime | None = None,
+) -> DomainShiftResult:
+    """Search a scheme on each target's validation classes (episodes ``val``), then test it beside
+    the fixed strategies on the target's novel classes (episodes ``test``); write everything.
+
+    Searches go to ``run_dir/shift/<target>/`` and the tests to ``run_dir/shift/<target>/test/``
+    (both resume from there); results to
+    ``run_dir/results/domain_shift_{episodes,summary,schemes}.csv``, ``domain_shift_summary.tex``
+    and ``domain_shift_provenance.json``, which must not exist yet.
+    """
+    runtime = Runtime() if runtime is None else runtime
+    seed = runtime.seed
+    if not targets:
+        raise ValueError("no targets: give shift_levels (synthetic) or cross_domain entries")
+    results = Path(run_dir) / "results"
+    files = {
+        "episodes": results / "domain_shift_episodes.csv",
+        "schemes": results / "domain_shift_schemes.csv",
+        "summary_tex": results / "domain_shift_summary.tex",
+        "provenance": results / "domain_shift_provenance.json",
+        "summary": results / "domain_shift_summary.csv",
+    }
+    refuse_existing(files.values(), "domain-shift results", "use a new run directory")
+    config = search_config(settings, "evolution", seed)
+    searches: dict[str, SearchResult] = {}
+    frames, summaries, scheme_rows = [], [], []
+    for target in targets:
+        print(f"target {target.label}: search on {target.val.name}/{target.val.split}")
+        result = search(
+            backbone,
+            target.val,
+            val.sample(target.val, seed=val_seed(seed)),
+            config=config,
+            finetune=cfg,
+            out_dir=Path(run_dir) / "shift" / target.slug,
+            runtime=runtime,
+        )
+        searches[target.label] = result
+        best = result.best
+        strategies = transfer_strategies(best.scheme)
+        rows = evaluate_strategies(
+            backbone, strategies, target.test, test.sample(target.test, seed=seed), cfg,
+            runtime=runtime, checkpoint_dir=Path(run_dir) / "shift" / target.slug / "test",
+        ).rows  # fmt: skip
+        rows.insert(0, "shift", target.shift)
+        rows.insert(0, "order", target.order)
+        rows.insert(0, "target", target.label)
+        frames.append(rows)
+        summary = summary_table(rows.drop(columns=["target", "order", "shift"]))
+        summary.insert(0, "shift", target.shift)
+        summary.insert(0, "order", target.order)
+        summary.insert(0, "target", target.label)
+        summary["n_trainable"] = [strategies[s].n_trainable_layers for s in summary["strategy"]]
+        summaries.append(summary)
+        for i, (layer, lr) in enumerate(zip(result.layer_names, best.scheme.lrs, strict=True)):
+            scheme_rows.append(
+                {
+                    "target": target.label,
+                    "order": target.order,
+                    "shift": target.shift,
+                    "layer": layer,
+                    "layer_index": i,
+                    "lr": lr,
+                    "n_trainable": best.scheme.n_trainable_layers,
+                    "fitness": best.fitness,
+                }
+            )
+    rows = pd.concat(frames, ignore_index=True)
+    summary = pd.concat(summaries, ignore_index=True)[list(SHIFT_SUMMARY_COLUMNS)]
+    schemes = pd.DataFrame(scheme_rows, columns=list(SHIFT_SCHEME_COLUMNS))
+
+    atomic_write_text(files["episodes"], rows.to_csv(index=False))
+    atomic_write_text(files["schemes"], schemes.to_csv(index=False))
+    atomic_write_text(
+        files["summary_tex"],
+        mean_ci_latex(summary, index="strategy", columns="target"),
+    )
+    atomic_write_json(
+        files["provenance"],
+        provenance(
+            seed=seed,
+            device=runtime.device,
+            targets=[
+                {"label": t.label, "val": t.val.source, "test": t.test.source} for t in targets
+            ],
+            n_way=val.n_way,
+            k_shot=val.k_shot,
+            n_val_episodes=val.n_episodes,
+            n_test_episodes=test.n_episodes,
+            search=config.to_dict(),
+            finetune_config=asdict(cfg),
+        ),
+    )
+    # The summary goes last: notebook 05 takes its presence to mean the step finished.
+    atomic_write_text(files["summary"], summary.to_csv(index=False))
+    return DomainShiftResult(rows, summary, schemes, searches)
