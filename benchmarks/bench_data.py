@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ptx_utils.data import load_dataset
-from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
 
 
 def _time_load(name: str, split: str, cache: Path, **kwargs: Any) -> dict[str, Any]:

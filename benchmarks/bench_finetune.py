@@ -18,21 +18,27 @@ import time
 
 import torch
 
-from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig
-from ptx_utils.finetuning.sequential import finetune_sequential
-from ptx_utils.finetuning.batched import Replica, finetune_batched
-from ptx_utils.models import create_backbone
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.fixed import full_finetune, last_k, linear_probe
-from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.finetuning import (
+    FinetuneConfig,
+    Replica,
+    Scheme,
+    Strategy,
+    finetune_batched,
+    finetune_sequential,
+    full_finetune,
+    last_k,
+    linear_probe,
+)
+from ptx_utils.models import create_backbone
 
 
-def _schemes(n_layers: int) -> list[Scheme]:
-    mixed = Scheme((0.0,) * (n_layers - 2) + (0.01, 0.1))
+def _strategies(n_layers: int) -> list[Strategy]:
+    mixed = Strategy(Scheme((0.0,) * (n_layers - 2) + (0.01, 0.1)))
     return [linear_probe(n_layers), last_k(n_layers, 1), mixed, full_finetune(n_layers, 0.01)]
 
 
@@ -57,7 +63,7 @@ def main() -> None:
             torch.manual_seed(0)
             backbone = create_backbone(name, in_channels=3, image_size=args.image_size)
         backbone.to(device).eval()
-        schemes = _schemes(len(backbone.layer_names()))
+        strategies = _strategies(len(backbone.layer_names()))
         for shot in args.shots:
             episodes = sample_episodes(novel, 5, shot, 15, args.episodes, seed=0)
             batch = episodes.tensors(novel)
@@ -65,12 +71,19 @@ def main() -> None:
                 t.to(device)
                 for t in (batch.support_images, batch.support_labels, batch.query_images)
             )
-            replicas = [Replica(s, e, seed=e) for e in range(len(episodes)) for s in schemes]
+            replicas = [Replica(s, e, seed=e) for e in range(len(episodes)) for s in strategies]
             steps = args.passes * math.ceil(5 * shot / cfg.batch_size)
             tic = time.perf_counter()
             for r in replicas[: args.sequential]:
                 finetune_sequential(
-                    backbone, r.scheme, sx[r.episode], sy[r.episode], qx[r.episode], 5, cfg, r.seed
+                    backbone,
+                    r.strategy,
+                    sx[r.episode],
+                    sy[r.episode],
+                    qx[r.episode],
+                    5,
+                    cfg,
+                    r.seed,
                 )
             if device.type == "cuda":
                 torch.cuda.synchronize()

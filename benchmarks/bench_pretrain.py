@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ptx_utils.models.checkpoint import load_backbone
-from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.models.features import nearest_centroid_accuracy
-from ptx_utils.pretraining.loop import PretrainConfig, pretrain
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.stats import mean_ci95
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.models.checkpoint import load_backbone
+from ptx_utils.models.features import nearest_centroid_accuracy
+from ptx_utils.pretraining import PretrainConfig, pretrain
 
 
 def main() -> None:

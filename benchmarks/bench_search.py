@@ -8,9 +8,9 @@
     python benchmarks/bench_search.py --protocol smoke \
         --out benchmarks/results/search_smoke_cpu.json
 
-The search (:func:`ptx_utils.search.loop.search`, one batched engine call per generation) is timed end
-to end. Then the naive loop — one candidate x one episode at a time with the sequential reference
-— runs the same fitness evaluations on the same device in the same process, but only on
+The search (:func:`ptx_utils.search.search`, one batched engine call per generation) is timed
+end to end. Then the naive loop — one candidate x one episode at a time with the sequential
+reference — runs the same fitness evaluations on the same device in the same process, but only on
 ``--naive-replicas`` (candidate, episode) pairs spread evenly over everything the search
 evaluated; its time per replica is extrapolated linearly to all of them, and the JSON says so.
 The naive accuracies are compared with the search's on those pairs. The backbone is the
@@ -33,17 +33,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptx_utils.models.checkpoint import load_backbone
-from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig
-from ptx_utils.models import create_backbone
-from ptx_utils.running.presets import get_preset
-from ptx_utils.pretraining.loop import PretrainConfig, pretrain
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.models import create_backbone
+from ptx_utils.models.checkpoint import load_backbone
+from ptx_utils.pretraining import PretrainConfig, pretrain
+from ptx_utils.running.presets import get_preset
 from ptx_utils.search import EpisodeFitness, SearchConfig, search
 
 #: Settings per protocol; command-line options override them.

@@ -30,23 +30,23 @@ from typing import Any
 
 import pandas as pd
 
-from ptx_utils.models.checkpoint import load_backbone
-from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
+from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.provenance import provenance
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import load_dataset
 from ptx_utils.data.episodes import Episodes, sample_episodes
-from ptx_utils.evaluation.harness import (
+from ptx_utils.evaluation import (
+    Evaluation,
     evaluate_strategies,
     paired_table,
     summary_table,
     write_results,
 )
-from ptx_utils.finetuning.protocol import FinetuneConfig
-from ptx_utils.core.io import atomic_write_json
-from ptx_utils.core.provenance import provenance
-from ptx_utils.core.runtime import Runtime
-from ptx_utils.finetuning.fixed import full_finetune, linear_probe
+from ptx_utils.finetuning import FinetuneConfig, full_finetune, linear_probe
+from ptx_utils.models.checkpoint import load_backbone
+from ptx_utils.plots import save_figure, scheme_heatmap, search_figure
 from ptx_utils.search import SearchConfig, SearchResult, search
-from ptx_utils.plots.figures import save_figure, scheme_heatmap, search_figure
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -120,6 +120,7 @@ def main() -> None:
         passes=args.passes, head="cosine" if meta["method"] == "baseline++" else "linear"
     )
     out_dir = Path(args.out_dir)
+    runtime = Runtime(device=str(device))
     report: dict[str, Any] = {}
     for shot in args.shots:
         name = f"{args.n_way}way_{shot}shot"
@@ -145,7 +146,7 @@ def main() -> None:
                     config,
                     cfg,
                     out_dir=out_dir / "search" / f"{name}_{method}_seed{seed}",
-                    runtime=Runtime(device=str(device)),
+                    runtime=runtime,
                 )
                 print(searches[method][seed].summary(), flush=True)
         first = args.seeds[0]
@@ -171,8 +172,8 @@ def main() -> None:
             old = reused_rows(Path(args.reuse_rows), name, test_episodes, cfg, 0)
             old = old[old["strategy"].isin(list(fixed))].reset_index(drop=True)
             check = evaluate_strategies(
-                backbone, fixed, novel, test_episodes[: args.verify_reuse], cfg, device=device
-            )
+                backbone, fixed, novel, test_episodes[: args.verify_reuse], cfg, runtime=runtime
+            ).rows
             stored = old[old["episode"] < args.verify_reuse]
             if not (
                 check["strategy"].tolist() == stored["strategy"].tolist()
@@ -184,20 +185,20 @@ def main() -> None:
                 )
         else:
             evaluated = {**fixed, **evaluated}
-        rows = evaluate_strategies(
-            backbone, evaluated, novel, test_episodes, cfg, seed=0, device=device
+        evaluation = evaluate_strategies(
+            backbone, evaluated, novel, test_episodes, cfg, runtime=runtime
         )
         test_seconds = time.perf_counter() - tic
         if old is not None:
-            attrs = dict(rows.attrs)
-            attrs["strategies"] = {
+            meta = dict(evaluation.meta)
+            meta["strategies"] = {
                 **{k: v.to_dict() for k, v in fixed.items()},
-                **attrs["strategies"],
+                **meta["strategies"],
             }
-            attrs["reused_rows_from"] = args.reuse_rows
-            rows = pd.concat([old, rows], ignore_index=True)
-            rows.attrs.update(attrs)
-        write_results(out_dir, rows, name=name, reference="linear probe")
+            meta["reused_rows_from"] = args.reuse_rows
+            evaluation = Evaluation(pd.concat([old, evaluation.rows], ignore_index=True), meta)
+        rows = evaluation.rows
+        write_results(out_dir, evaluation, name=name, reference="linear probe")
         paired_full = paired_table(rows, "full fine-tune")
         report[name] = {
             "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),

@@ -22,20 +22,15 @@ import time
 import warnings
 from pathlib import Path
 
-from ptx_utils.models.checkpoint import load_backbone
-from ptx_utils.data import load_dataset
 from ptx_utils.core.device import resolve_device
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.evaluation.harness import (
-    evaluate_strategies,
-    paired_table,
-    summary_table,
-    write_results,
-)
-from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.core.io import atomic_write_json
 from ptx_utils.core.provenance import provenance
-from ptx_utils.finetuning.fixed import full_finetune, last_k, linear_probe
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_table, write_results
+from ptx_utils.finetuning import FinetuneConfig, full_finetune, last_k, linear_probe
+from ptx_utils.models.checkpoint import load_backbone
 
 
 def main() -> None:
@@ -76,19 +71,19 @@ def main() -> None:
     for shot in args.shots:
         episodes = sample_episodes(novel, 5, shot, 15, args.episodes, seed=args.seed)
         tic = time.perf_counter()
-        rows = evaluate_strategies(
+        evaluation = evaluate_strategies(
             backbone,
             strategies,
             novel,
             episodes,
             cfg,
-            seed=args.seed,
+            runtime=Runtime(seed=args.seed, device=str(device)),
             engine=args.engine,
-            device=device,
         )
         seconds = time.perf_counter() - tic
+        rows = evaluation.rows
         name = f"5way_{shot}shot"
-        write_results(out_dir, rows, name=name, reference="linear probe")
+        write_results(out_dir, evaluation, name=name, reference="linear probe")
         summary[name] = {
             "seconds": round(seconds, 1),
             "episodes_digest": episodes.digest(),

@@ -11,9 +11,9 @@ Steps, each resumable in ``--work-dir`` (run the same command again after an int
 pre-training (``pretrain/``, resumes from ``last.pt``; or ``--checkpoint`` to use an existing
 one), then per shot the evolutionary search on validation episodes (``search/``, resumes after the
 last finished generation) and the test of the searched scheme beside the fixed strategies
-(:func:`ptx_utils.steps.workflow.transfer_strategies`) on identical test episodes (``test/``, resumes
-after the last finished strategy). Each (shot,
-strategy) becomes one JSON in ``--out-dir`` named
+(:func:`ptx_utils.steps.transfer.transfer_strategies`) on identical test episodes (``test/``,
+resumes after the last finished strategy). Each (shot, strategy) becomes one JSON in
+``--out-dir`` named
 ``<dataset>_<backbone>_<method>_<n>way_<k>shot_<strategy>.json``: the numbers, the searched
 scheme, times, device, commit and the exact command (see :data:`ROW_FIELDS`). Existing JSONs are
 never replaced: the command refuses to start; remove them by hand to redo those rows.
@@ -25,6 +25,8 @@ classes and tests on its novel classes, converted to the backbone's input format
 ``<dataset>-to-<NAME>`` (e.g. a mini-ImageNet backbone with
 ``--target omniglot:evaluation-val:test``). Either way the backbone is pre-trained and its epoch
 chosen on ``--dataset``'s own validation split, and each target searches in its own sub-folder.
+The target's splits are loaded as notebook 04 loads its targets
+(:func:`ptx_utils.steps.domain_shift.shift_targets`).
 """
 
 from __future__ import annotations
@@ -40,15 +42,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ptx_utils.steps import workflow
-from ptx_utils.models.checkpoint import load_backbone
-from ptx_utils.data import load_dataset
-from ptx_utils.data.convert import match_format
-from ptx_utils.evaluation.harness import summary_table
-from ptx_utils.pretraining.loop import PretrainConfig, pretrain
-from ptx_utils.core.io import atomic_write_json
+from ptx_utils.core.io import atomic_write_json, refuse_existing
 from ptx_utils.core.provenance import provenance
-from ptx_utils.steps.workflow import parse_cross_domain
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import EpisodeSetting
+from ptx_utils.evaluation import summary_table
+from ptx_utils.models.checkpoint import load_backbone
+from ptx_utils.pretraining import PretrainConfig, pretrain
+from ptx_utils.steps import common, domain_shift, searching, transfer
 
 #: The keys of every row JSON, in order.
 ROW_FIELDS = (
@@ -89,6 +91,27 @@ def row_name(
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_target(
+    args: argparse.Namespace, target: tuple[str, str, str] | None, channels: int, image_size: int
+) -> domain_shift.Target:
+    """The classes the rows search (``val``) and test (``test``) on, in the backbone's format.
+
+    ``--dataset``'s own validation and novel splits (at ``--shift`` on the synthetic dial), or
+    the ``--target`` dataset's (``target`` = its :func:`~ptx_utils.steps.domain_shift.
+    parse_cross_domain` form), loaded by :func:`~ptx_utils.steps.domain_shift.shift_targets`:
+    at the backbone's ``image_size`` from the source pixels, then to its ``channels``.
+    """
+    name, val_split, test_split = (
+        (args.dataset, args.val_split, args.novel_split) if target is None else target
+    )
+    # The synthetic dataset is one target per dial level; here the one level asked for.
+    levels = [0.0 if args.shift is None else args.shift] if name == "synthetic" else []
+    (loaded,) = domain_shift.shift_targets(
+        name, levels, [], val_split, test_split, channels, image_size, data_root=args.root
+    )
+    return loaded
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.shift is not None and args.target is not None:
         raise SystemExit("give --shift or --target, not both")
     try:
-        target = None if args.target is None else parse_cross_domain(args.target)
+        target = None if args.target is None else domain_shift.parse_cross_domain(args.target)
     except ValueError as error:
         raise SystemExit(str(error)) from None
     # The row's dataset label names the dial level or the target; each searches in its own folder.
@@ -152,18 +175,20 @@ def main(argv: list[str] | None = None) -> list[Path]:
         label, search_root = f"{args.dataset}-to-{target[0]}", work / f"to-{target[0]}"
     else:
         label, search_root = args.dataset, work
-    names = ["searched", *workflow.fixed_strategies(1, 0.01)]
-    targets = {
+    names = ["searched", *transfer.fixed_strategies(1, 0.01)]
+    row_paths = {
         (k, name): out / row_name(label, args.backbone, args.method, args.n_way, k, name)
         for k in args.shots
         for name in names
     }
-    existing = [str(t) for t in targets.values() if t.exists()]
-    if existing:
-        raise SystemExit(
-            f"{len(existing)} row(s) already exist, e.g. {existing[0]}; remove them to redo "
-            "those rows (nothing was run)"
+    try:
+        refuse_existing(
+            row_paths.values(),
+            "reproduction rows",
+            "remove them by hand to redo those rows (nothing was run)",
         )
+    except FileExistsError as error:
+        raise SystemExit(str(error)) from None
     # Commit, versions and device as the run starts: the code that made the rows (the tree may
     # change while a long run goes on).
     started = provenance(seed=args.seed, device=args.device)
@@ -171,21 +196,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     base = load_dataset(args.dataset, args.base_split, **load)
     size = base.images.shape[-1]
     base_val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size)
-    if target is None:
-        shifted = {} if args.shift is None else {"shift": args.shift}
-        val = load_dataset(args.dataset, args.val_split, root=args.root, image_size=size, **shifted)
-        novel = load_dataset(
-            args.dataset, args.novel_split, root=args.root, image_size=size, **shifted
-        )
-    else:
-        name, target_val, target_test = target
-        # At the backbone's size from the source pixels, then to its channels.
-        val, novel = (
-            match_format(
-                load_dataset(name, split, root=args.root, image_size=size), base.channels, size
-            )
-            for split in (target_val, target_test)
-        )
+    loaded = load_target(args, target, base.channels, size)
+    val, novel = loaded.val, loaded.test
 
     settings = {
         "method": args.method,
@@ -210,41 +222,40 @@ def main(argv: list[str] | None = None) -> list[Path]:
         }
     pretrain_info["sha256"] = sha256(checkpoint)
     model, meta = load_backbone(checkpoint, backbone=args.backbone)
-    cfg = workflow.finetune_config({"passes": args.passes}, meta["method"])
+    cfg = common.finetune_config({"passes": args.passes}, meta["method"])
     search_settings = json.loads(args.search)
+    runtime = Runtime(seed=args.seed, device=args.device)
 
     written = []
     for k_shot in args.shots:
-        found = workflow.run_searches(
+        # The validation episodes the search scores on, and the test episodes of the rows.
+        val_setting, test_setting = (
+            EpisodeSetting(n_way=args.n_way, k_shot=k_shot, n_query=args.n_query, n_episodes=n)
+            for n in (args.val_episodes, args.test_episodes)
+        )
+        found = searching.run_searches(
             model,
             val,
-            args.n_way,
-            k_shot,
-            args.n_query,
-            args.val_episodes,
+            val_setting,
             search_settings,
             cfg,
             search_root,
             methods=("evolution",),
-            seed=args.seed,
-            device=args.device,
+            runtime=runtime,
         )["evolution"]
-        strategies = workflow.transfer_strategies(found.best.scheme)
+        strategies = transfer.transfer_strategies(found.best.scheme)
         start = time.perf_counter()
-        rows = workflow.evaluate_shots(
+        evaluation = transfer.evaluate_shots(
             model,
             {k_shot: strategies},
             novel,
-            args.n_way,
-            args.n_query,
-            args.test_episodes,
+            test_setting,
             cfg,
-            seed=args.seed,
-            device=args.device,
+            runtime=runtime,
             checkpoint_dir=search_root / "test",
         )
         test_seconds = time.perf_counter() - start
-        evaluation = rows.attrs["evaluations"][str(k_shot)]
+        shot_meta = evaluation.meta["evaluations"][str(k_shot)]
         protocol = {
             "splits": {"base": args.base_split, "val": args.val_split, "novel": args.novel_split},
             "image_size": size,
@@ -255,11 +266,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
             "n_query": args.n_query,
             "val_episodes": args.val_episodes,
             "search": asdict(found.config),
-            "finetune": rows.attrs["finetune_config"],
+            "finetune": evaluation.meta["finetune_config"],
             "seed": args.seed,
         }
         finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        for r in summary_table(rows).itertuples():
+        for r in summary_table(evaluation.rows).itertuples():
             record = {
                 "dataset": label,
                 "backbone": args.backbone,
@@ -280,7 +291,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 "test_seconds": round(test_seconds, 1),
                 "pretrain": pretrain_info,
                 "protocol": protocol,
-                "episodes_digest": evaluation.get("episodes_digest"),
+                "episodes_digest": shot_meta.get("episodes_digest"),
                 "device": None,
                 "commit": None,
                 "command": command,
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             }
             record["device"] = record["provenance"]["device"]
             record["commit"] = record["provenance"]["git_commit"]
-            path = targets[(k_shot, r.strategy)]
+            path = row_paths[(k_shot, r.strategy)]
             written.append(atomic_write_json(path, record))
             print(f"{path.name}: {100 * r.mean:.2f} ± {100 * r.ci95:.2f} % ({r.scheme})")
     return written

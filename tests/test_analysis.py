@@ -10,9 +10,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 
-from ptx_utils.plots import figures as viz
-from ptx_utils.steps import analysis, workflow
-from ptx_utils.evaluation.harness import ROW_COLUMNS, summary_table
+from ptx_utils import plots as viz
+from ptx_utils.evaluation import ROW_COLUMNS, Evaluation, summary_table
+from ptx_utils.steps import analysis, searching, transfer
 
 
 def _rows(means: dict[str, float], k_shots: tuple[int, ...] = (1, 5)) -> pd.DataFrame:
@@ -82,7 +82,7 @@ def _make_run(root: Path, name: str, complete: bool = True) -> Path:
     (run / "params.json").write_text(
         json.dumps({"params": params, "provenance": {"git_commit": "abc", "date": "2026-11-23"}})
     )
-    workflow.write_transfer(run, _rows(MEANS))
+    transfer.write_transfer(run, Evaluation(_rows(MEANS)))
     if complete:
         pd.DataFrame(
             [
@@ -90,7 +90,7 @@ def _make_run(root: Path, name: str, complete: bool = True) -> Path:
                 for k in (1, 5)
                 for m in ("evolution", "random")
             ],
-            columns=list(workflow.SEARCH_SUMMARY_COLUMNS),
+            columns=list(searching.SEARCH_SUMMARY_COLUMNS),
         ).to_csv(run / "results" / "search_summary.csv", index=False)
         summary, schemes = _shift_frames()
         summary.to_csv(run / "results" / "domain_shift_summary.csv", index=False)
@@ -155,16 +155,16 @@ def test_write_tables_and_figures(tmp_path: Path) -> None:
     }
     assert "a 5-way 1-shot & a 5-way 5-shot & b 5-way 1-shot" in written["transfer_tex"].read_text()
     for draw, n_axes in (
-        (analysis.transfer_overview, 4),
-        (analysis.shift_overview, 4),
-        (analysis.search_overview, 1),
+        (viz.transfer_overview, 4),
+        (viz.shift_overview, 4),
+        (viz.search_overview, 1),
     ):
         fig = draw(collection)
         assert len(fig.axes) == n_axes
         plt.close(fig)
     empty = analysis.gather(tmp_path / "runs", only=[])
     with pytest.raises(ValueError, match="run notebook 03_transfer first"):
-        analysis.transfer_overview(empty)
+        viz.transfer_overview(empty)
 
 
 def test_transfer_and_shift_figures() -> None:
@@ -175,8 +175,7 @@ def test_transfer_and_shift_figures() -> None:
     fig = viz.episode_distribution(rows)
     assert len(fig.axes) == 2 and "6 episodes" in fig.axes[0].get_title()
     summary, schemes = _shift_frames()
-    summary.attrs["n_layers"] = 4
-    fig = viz.shift_figure(summary)
+    fig = viz.shift_figure(summary, n_layers=4)
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["shift 0", "shift 1"]
     assert [p.get_height() for p in fig.axes[1].patches] == [1, 3]
     fig = viz.shift_scheme_map(schemes, zoo=(0.0, 0.01, 0.1, 1.0))

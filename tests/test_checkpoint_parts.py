@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ptx_utils.models import create_backbone
 from ptx_utils.models.checkpoint import (
     PART_BYTES,
     CheckpointError,
@@ -16,7 +17,6 @@ from ptx_utils.models.checkpoint import (
     save_checkpoint,
     split_checkpoint,
 )
-from ptx_utils.models import create_backbone
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import nbformat
 import pytest
 from conftest import DATA_ROOT, requires_data_root
 
-from ptx_utils.steps import workflow
+from ptx_utils.evaluation import ROW_COLUMNS, SUMMARY_COLUMNS
 from ptx_utils.running.cli import main, parse_assignment
-from ptx_utils.evaluation.harness import ROW_COLUMNS, SUMMARY_COLUMNS
 from ptx_utils.running.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
+from ptx_utils.steps import domain_shift, searching
 
 
 def _rows(out: str) -> dict[str, list[str]]:
@@ -143,7 +143,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
 
     # 02: both methods at both shots, the preset's budget, fitness in [0, 1]
     searches = _csv(results / "search_summary.csv")
-    assert list(searches[0]) == list(workflow.SEARCH_SUMMARY_COLUMNS)
+    assert list(searches[0]) == list(searching.SEARCH_SUMMARY_COLUMNS)
     assert [(r["k_shot"], r["method"]) for r in searches] == [
         ("1", "evolution"),
         ("1", "random"),
@@ -176,7 +176,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
 
     # 04: three shift levels x five strategies, a searched scheme per level
     shift = _csv(results / "domain_shift_summary.csv")
-    assert list(shift[0]) == list(workflow.SHIFT_SUMMARY_COLUMNS)
+    assert list(shift[0]) == list(domain_shift.SHIFT_SUMMARY_COLUMNS)
     assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["shift 0", "shift 0.5", "shift 1"]
     assert all(int(r["n_episodes"]) == 6 and 0 <= float(r["mean"]) <= 1 for r in shift)
     schemes = _csv(results / "domain_shift_schemes.csv")

@@ -14,14 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ptx_utils.evaluation import harness as ev
-from ptx_utils.data import FewShotDataset
-from ptx_utils.data.episodes import Episodes, sample_episodes
-from ptx_utils.finetuning.protocol import FinetuneConfig
-from ptx_utils.finetuning.sequential import finetune_sequential
-from ptx_utils.models import Backbone, create_backbone
-from ptx_utils.finetuning.fixed import full_finetune, linear_probe
-from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils import evaluation as ev
+from ptx_utils.core.runtime import Runtime
 from ptx_utils.core.stats import (
     betainc,
     mean_ci95,
@@ -30,6 +24,15 @@ from ptx_utils.core.stats import (
     student_t_sf2,
     summarize,
 )
+from ptx_utils.data import FewShotDataset
+from ptx_utils.data.episodes import Episodes, sample_episodes
+from ptx_utils.evaluation import harness
+from ptx_utils.finetuning import as_strategy, replicas
+from ptx_utils.finetuning.fixed import full_finetune, linear_probe
+from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.sequential import finetune_sequential
+from ptx_utils.models import Backbone, create_backbone
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,6 +148,7 @@ def test_paired_difference_errors_and_nan_policy() -> None:
 
 CFG = FinetuneConfig(passes=2)
 SEED = 3
+RUNTIME = Runtime(seed=SEED, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -164,15 +168,21 @@ def setup(
 
 
 @pytest.fixture(scope="module")
-def rows(setup: tuple[Backbone, FewShotDataset, Episodes, dict[str, Scheme]]) -> pd.DataFrame:
+def evaluation(
+    setup: tuple[Backbone, FewShotDataset, Episodes, dict[str, Scheme]],
+) -> ev.Evaluation:
     backbone, dataset, episodes, strategies = setup
     return ev.evaluate_strategies(
-        backbone, strategies, dataset, episodes, CFG, seed=SEED, engine="sequential",
-        device="cpu", progress=False,
-    )  # fmt: skip
+        backbone, strategies, dataset, episodes, CFG, runtime=RUNTIME, engine="sequential"
+    )
 
 
-def test_rows_are_tidy_and_flag_divergence(rows: pd.DataFrame) -> None:
+@pytest.fixture(scope="module")
+def rows(evaluation: ev.Evaluation) -> pd.DataFrame:
+    return evaluation.rows
+
+
+def test_rows_are_tidy_and_flag_divergence(rows: pd.DataFrame, evaluation: ev.Evaluation) -> None:
     assert list(rows.columns) == list(ev.ROW_COLUMNS)
     assert len(rows) == 9
     assert (
@@ -190,7 +200,8 @@ def test_rows_are_tidy_and_flag_divergence(rows: pd.DataFrame) -> None:
     # accuracies are multiples of 1 / (n_way * n_query)
     assert np.allclose(ok["accuracy"] * 20, np.round(ok["accuracy"] * 20))
     assert rows.loc[0, "scheme"] == "0 0 0 0 | head 0.01"
-    assert rows.attrs["engine"] == "sequential" and rows.attrs["seed"] == SEED
+    assert evaluation.meta["engine"] == "sequential" and evaluation.meta["seed"] == SEED
+    assert not rows.attrs  # metadata travels on the Evaluation, never on the frame
 
 
 def test_replica_seeds_are_shared_across_strategies(
@@ -200,12 +211,12 @@ def test_replica_seeds_are_shared_across_strategies(
     expected = [SEED * 1_000_003 + e for e in range(3)]
     for _, group in rows.groupby("strategy"):
         assert list(group["seed"]) == expected
-    assert ev.replica_seed(SEED, 2) == expected[2]
+    assert replicas.replica_seed(SEED, 2) == expected[2]
     # The harness's linear probe on episode 1 equals a direct call with the documented seed.
     batch = episodes.tensors(dataset)
     direct = finetune_sequential(
         backbone, strategies["linear probe"], batch.support_images[1], batch.support_labels[1],
-        batch.query_images[1], 5, CFG, seed=ev.replica_seed(SEED, 1),
+        batch.query_images[1], 5, CFG, seed=replicas.replica_seed(SEED, 1),
     )  # fmt: skip
     acc = (direct.logits.argmax(1) == batch.query_labels[1]).double().mean().item()
     got = rows.loc[(rows["strategy"] == "linear probe") & (rows["episode"] == 1), "accuracy"]
@@ -221,9 +232,13 @@ def test_batched_engine_gets_the_same_replicas(
 
     @dataclass(frozen=True)
     class Replica:
-        scheme: Scheme
+        strategy: Scheme
         episode: int
         seed: int
+
+        @property
+        def scheme(self) -> Scheme:
+            return as_strategy(self.strategy).scheme
 
     @dataclass(frozen=True)
     class BatchedResult:
@@ -236,7 +251,7 @@ def test_batched_engine_gets_the_same_replicas(
         seen.extend(replicas)
         out = [
             finetune_sequential(
-                backbone, r.scheme, s_img[r.episode], s_lab[r.episode], q_img[r.episode],
+                backbone, r.strategy, s_img[r.episode], s_lab[r.episode], q_img[r.episode],
                 n_way, cfg, seed=r.seed,
             )
             for r in replicas
@@ -249,15 +264,15 @@ def test_batched_engine_gets_the_same_replicas(
     fake.Replica = Replica  # type: ignore[attr-defined]
     fake.finetune_batched = finetune_batched  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ptx_utils.finetuning.batched", fake)
-    assert ev.default_engine() == "batched"
+    assert replicas.default_engine() == "batched"
     backbone, dataset, episodes, strategies = setup
-    batched = ev.evaluate_strategies(
-        backbone, strategies, dataset, episodes, CFG, seed=SEED, device="cpu", progress=False
-    )
-    assert batched.attrs["engine"] == "batched"
+    batched = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, runtime=RUNTIME)
+    assert batched.meta["engine"] == "batched"
     assert [(r.episode, r.seed) for r in seen] == [(e, SEED * 1_000_003 + e) for e in range(3)] * 3
-    assert [r.scheme for r in seen[::3]] == list(strategies.values())
-    pd.testing.assert_frame_equal(batched, rows)
+    assert [as_strategy(r.strategy) for r in seen[::3]] == [
+        as_strategy(s) for s in strategies.values()
+    ]
+    pd.testing.assert_frame_equal(batched.rows, rows)
 
 
 def test_checkpointed_evaluation_resumes_per_strategy(
@@ -269,11 +284,11 @@ def test_checkpointed_evaluation_resumes_per_strategy(
     """With ``checkpoint_dir`` each strategy is saved when done; a job killed during the second
     strategy re-runs only that one and the rows equal one uninterrupted evaluation."""
     backbone, dataset, episodes, strategies = setup
-    run = {"engine": "sequential", "device": "cpu", "progress": False, "checkpoint_dir": tmp_path}
-    first = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, SEED, **run)
-    pd.testing.assert_frame_equal(first, rows)
-    assert first.attrs["episodes_digest"] == rows.attrs["episodes_digest"]
-    assert list(first.attrs["strategies"]) == list(strategies)
+    run = {"engine": "sequential", "checkpoint_dir": tmp_path}
+    first = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, RUNTIME, **run)
+    pd.testing.assert_frame_equal(first.rows, rows)
+    assert first.meta["episodes_digest"] == episodes.digest()
+    assert list(first.meta["strategies"]) == list(strategies)
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert saved == sorted(
         f"5way_2shot_4query_{slug}.{ext}"
@@ -284,25 +299,27 @@ def test_checkpointed_evaluation_resumes_per_strategy(
     # The kill: the second strategy's metadata (written last) never made it to disk.
     (tmp_path / "5way_2shot_4query_full-fine-tune.json").unlink()
     evaluated: list[list[str]] = []
-    real = ev.evaluate_strategies
+    real = harness.evaluate_strategies
 
     def spy(backbone, strategies, *args, **kwargs):
         if kwargs.get("checkpoint_dir") is None:
             evaluated.append(list(strategies))
         return real(backbone, strategies, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "evaluate_strategies", spy)
-    resumed = ev.evaluate_strategies(backbone, strategies, dataset, episodes, CFG, SEED, **run)
+    monkeypatch.setattr(harness, "evaluate_strategies", spy)
+    resumed = harness.evaluate_strategies(
+        backbone, strategies, dataset, episodes, CFG, RUNTIME, **run
+    )
     assert evaluated == [["full fine-tune"]]
-    pd.testing.assert_frame_equal(resumed, rows)
-    summary = ev.summary_table(resumed)
+    pd.testing.assert_frame_equal(resumed.rows, rows)
+    summary = ev.summary_table(resumed.rows)
     pd.testing.assert_frame_equal(summary, ev.summary_table(rows))
 
     # Saved rows for other settings are refused, not mixed in.
     with pytest.raises(ValueError, match="for other settings"):
-        real(backbone, strategies, dataset, episodes, FinetuneConfig(passes=3), SEED, **run)
+        real(backbone, strategies, dataset, episodes, FinetuneConfig(passes=3), RUNTIME, **run)
     with pytest.raises(ValueError, match="for other settings"):
-        real(backbone, strategies, dataset, episodes, CFG, SEED + 1, **run)
+        real(backbone, strategies, dataset, episodes, CFG, Runtime(seed=SEED + 1), **run)
 
 
 def test_real_batched_engine_agrees_with_sequential(
@@ -311,9 +328,8 @@ def test_real_batched_engine_agrees_with_sequential(
     pytest.importorskip("ptx_utils.finetuning.batched")
     backbone, dataset, episodes, strategies = setup
     batched = ev.evaluate_strategies(
-        backbone, strategies, dataset, episodes, CFG, seed=SEED, engine="batched", device="cpu",
-        progress=False,
-    )  # fmt: skip
+        backbone, strategies, dataset, episodes, CFG, runtime=RUNTIME, engine="batched"
+    ).rows
     assert list(batched["diverged"]) == list(rows["diverged"])
     # Float differences may flip a near-tie query now and then: allow one query per episode.
     diff = (batched["accuracy"] - rows["accuracy"]).abs().fillna(0)
@@ -394,8 +410,10 @@ def test_tables_separate_episode_settings() -> None:
     assert "5-way 1-shot & 5-way 5-shot" in tex
 
 
-def test_write_results_writes_every_file(rows: pd.DataFrame, tmp_path: Path) -> None:
-    paths = ev.write_results(tmp_path, rows, name="test", reference="linear probe", note="x")
+def test_write_results_writes_every_file(
+    rows: pd.DataFrame, evaluation: ev.Evaluation, tmp_path: Path
+) -> None:
+    paths = ev.write_results(tmp_path, evaluation, name="test", reference="linear probe", note="x")
     assert set(paths) == {"episodes", "summary", "summary_tex", "paired", "provenance"}
     results = tmp_path / "results"
     assert sorted(p.name for p in results.iterdir()) == sorted(p.name for p in paths.values())
@@ -416,22 +434,23 @@ def test_write_results_writes_every_file(rows: pd.DataFrame, tmp_path: Path) -> 
     prov = json.loads(paths["provenance"].read_text())
     assert prov["seed"] == SEED and prov["engine"] == "sequential" and prov["note"] == "x"
     assert prov["reference"] == "linear probe" and "git_commit" in prov
-    assert prov["episodes_digest"] == rows.attrs["episodes_digest"]
+    assert prov["episodes_digest"] == evaluation.meta["episodes_digest"]
     assert set(prov["strategies"]) == {"linear probe", "full fine-tune", "diverging"}
 
 
-def test_write_results_never_overwrites_silently(rows: pd.DataFrame, tmp_path: Path) -> None:
-    first = ev.write_results(tmp_path, rows, name="val")
+def test_write_results_never_overwrites_silently(evaluation: ev.Evaluation, tmp_path: Path) -> None:
+    rows = evaluation.rows
+    first = ev.write_results(tmp_path, evaluation, name="val")
     assert "paired" not in first
     before = {p: p.read_text() for p in first.values()}
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        ev.write_results(tmp_path, rows.iloc[:3], name="val")
+        ev.write_results(tmp_path, ev.Evaluation(rows.iloc[:3]), name="val")
     assert {p: p.read_text() for p in first.values()} == before
-    ev.write_results(tmp_path, rows.iloc[:3], name="val", overwrite=True)
+    ev.write_results(tmp_path, ev.Evaluation(rows.iloc[:3]), name="val", overwrite=True)
     assert len(pd.read_csv(first["episodes"])) == 3
     assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]
     with pytest.raises(ValueError, match="file-name stem"):
-        ev.write_results(tmp_path, rows, name="../escape")
+        ev.write_results(tmp_path, evaluation, name="../escape")
 
 
 def test_latex_escapes_strategy_names() -> None:

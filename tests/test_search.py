@@ -26,7 +26,7 @@ from ptx_utils.finetuning.fixed import full_finetune, linear_probe
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.models import create_backbone
-from ptx_utils.plots.figures import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
+from ptx_utils.plots import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
 from ptx_utils.running.presets import get_preset
 from ptx_utils.search import (
     CURVE_COLUMNS,

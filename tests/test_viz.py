@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from ptx_utils.plots.figures import image_grid, save_figure, short_label
+from ptx_utils.plots import image_grid, save_figure, short_label
 
 
 def test_image_grid_tiles_images_in_rows() -> None:

@@ -12,25 +12,26 @@ import pytest
 import torch
 from conftest import make_dataset
 
-from ptx_utils.steps import workflow
-from ptx_utils.models.checkpoint import save_checkpoint
 from ptx_utils.data.convert import convert_images, match_format
-from ptx_utils.evaluation.harness import paired_table, ROW_COLUMNS
+from ptx_utils.data.episodes import EpisodeSetting
+from ptx_utils.evaluation import ROW_COLUMNS, Evaluation, paired_table
 from ptx_utils.finetuning.protocol import FinetuneConfig
-from ptx_utils.models import create_backbone
 from ptx_utils.finetuning.scheme import Scheme
-from ptx_utils.search.loop import SearchResult
+from ptx_utils.models import create_backbone
+from ptx_utils.models.checkpoint import save_checkpoint
+from ptx_utils.search import SearchResult
+from ptx_utils.steps import common, domain_shift, searching, transfer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_require_names_the_notebook_that_writes_the_file(tmp_path: Path) -> None:
-    with pytest.raises(workflow.RunInputError, match=r"best\.pt is missing: notebook 01_pretrain"):
-        workflow.load_pretrained(tmp_path, "conv4")
-    with pytest.raises(workflow.RunInputError, match=r"02_search.*same run_dir"):
-        workflow.load_search(tmp_path, 5, 1, "evolution")
+    with pytest.raises(common.RunInputError, match=r"best\.pt is missing: notebook 01_pretrain"):
+        common.load_pretrained(tmp_path, "conv4")
+    with pytest.raises(common.RunInputError, match=r"02_search.*same run_dir"):
+        searching.load_search(tmp_path, 5, 1, "evolution")
     (tmp_path / "x.csv").write_text("a\n")
-    assert workflow.require(tmp_path, "x.csv", "03_transfer") == tmp_path / "x.csv"
+    assert common.require(tmp_path, "x.csv", "03_transfer") == tmp_path / "x.csv"
 
 
 def test_load_pretrained_refuses_another_backbone(tmp_path: Path) -> None:
@@ -39,25 +40,25 @@ def test_load_pretrained_refuses_another_backbone(tmp_path: Path) -> None:
         tmp_path / "pretrain" / "best.pt",
         {"backbone": net.state_dict(), "meta": {"backbone": net.config()}},
     )
-    model, meta = workflow.load_pretrained(tmp_path, "conv4", "cpu")
+    model, meta = common.load_pretrained(tmp_path, "conv4", "cpu")
     assert meta["backbone"]["image_size"] == 16 and not model.training
     with pytest.raises(ValueError, match="conv6 was asked for"):
-        workflow.load_pretrained(tmp_path, "conv6", "cpu")
+        common.load_pretrained(tmp_path, "conv6", "cpu")
 
 
 def test_finetune_config_follows_the_pretraining_head() -> None:
-    assert workflow.finetune_config({"passes": 5}, "baseline++").head == "cosine"
-    assert workflow.finetune_config({}, "baseline").head == "linear"
-    assert workflow.finetune_config({"head": "linear"}, "protonet").head == "linear"
+    assert common.finetune_config({"passes": 5}, "baseline++").head == "cosine"
+    assert common.finetune_config({}, "baseline").head == "linear"
+    assert common.finetune_config({"head": "linear"}, "protonet").head == "linear"
     with pytest.raises(ValueError, match=r"finetune parameters.*pases"):
-        workflow.finetune_config({"pases": 5}, "baseline")
+        common.finetune_config({"pases": 5}, "baseline")
 
 
 def test_transfer_strategies_share_the_searched_head_rate() -> None:
-    named = workflow.transfer_strategies(Scheme((0, 0, 0.01, 1.0), head_lr=0.1))
+    named = transfer.transfer_strategies(Scheme((0, 0, 0.01, 1.0), head_lr=0.1))
     assert list(named) == ["searched", "linear probe", "full fine-tune", "last-1", "BN-affine"]
     assert all(s.head_lr == 0.1 for s in named.values())
-    assert named["last-1"].lrs == (0, 0, 0, 0.01) and named["BN-affine"].params == "bn"
+    assert named["last-1"].lrs == (0, 0, 0, 0.01) and named["BN-affine"].scheme.params == "bn"
     assert [s.n_trainable_layers for s in named.values()] == [2, 0, 4, 1, 4]
 
 
@@ -82,7 +83,7 @@ def _rows(acc: dict[str, list[float]], k_shot: int = 1) -> pd.DataFrame:
 
 def test_searched_differences_are_searched_minus_each_other() -> None:
     rows = _rows({"searched": [0.9, 0.8, 0.7], "linear probe": [0.5, 0.8, 0.9], "full": [0.1] * 3})
-    diff = workflow.searched_differences(rows)
+    diff = transfer.searched_differences(rows)
     assert list(diff["reference"]) == ["linear probe", "full"]
     assert (diff["strategy"] == "searched").all()
     lp = diff.iloc[0]
@@ -92,12 +93,12 @@ def test_searched_differences_are_searched_minus_each_other() -> None:
     swapped = paired_table(rows, "searched").set_index("strategy").loc["linear probe"]
     assert lp["mean_diff"] == pytest.approx(-swapped["mean_diff"])
     with pytest.raises(ValueError, match="need the strategy 'searched'"):
-        workflow.searched_differences(rows[rows["strategy"] != "searched"])
+        transfer.searched_differences(rows[rows["strategy"] != "searched"])
 
 
 def test_write_transfer_writes_both_tables_and_never_overwrites(tmp_path: Path) -> None:
     rows = _rows({"searched": [0.9, 0.8], "linear probe": [0.5, 0.6]})
-    paths = workflow.write_transfer(tmp_path, rows)
+    paths = transfer.write_transfer(tmp_path, Evaluation(rows))
     assert {p.name for p in paths.values()} >= {
         "transfer_summary.csv",
         "transfer_paired.csv",
@@ -109,7 +110,9 @@ def test_write_transfer_writes_both_tables_and_never_overwrites(tmp_path: Path) 
     assert vs["mean_diff"].iloc[0] == pytest.approx(0.3)
     before = (tmp_path / "results" / "transfer_vs_searched.csv").read_text()
     with pytest.raises(FileExistsError, match="new run directory"):
-        workflow.write_transfer(tmp_path, _rows({"searched": [0.1, 0.1], "linear probe": [1, 1]}))
+        transfer.write_transfer(
+            tmp_path, Evaluation(_rows({"searched": [0.1, 0.1], "linear probe": [1, 1]}))
+        )
     assert (tmp_path / "results" / "transfer_vs_searched.csv").read_text() == before
 
 
@@ -134,18 +137,18 @@ def test_match_format_keeps_labels_and_episodes() -> None:
 
 
 def test_parse_cross_domain() -> None:
-    assert workflow.parse_cross_domain("omniglot") == ("omniglot", "val", "test")
-    assert workflow.parse_cross_domain("omniglot:evaluation-val:test") == (
+    assert domain_shift.parse_cross_domain("omniglot") == ("omniglot", "val", "test")
+    assert domain_shift.parse_cross_domain("omniglot:evaluation-val:test") == (
         "omniglot",
         "evaluation-val",
         "test",
     )
     with pytest.raises(ValueError, match="name:val_split:test_split"):
-        workflow.parse_cross_domain("omniglot:test")
+        domain_shift.parse_cross_domain("omniglot:test")
 
 
 def test_shift_targets_on_the_synthetic_dial() -> None:
-    targets = workflow.shift_targets(
+    targets = domain_shift.shift_targets(
         "synthetic", [1.0, 0.0], ["synthetic:val:test"], "val", "test", channels=1, image_size=16
     )
     assert [t.label for t in targets] == ["shift 0", "shift 1", "synthetic/test"]
@@ -159,18 +162,26 @@ def test_shift_targets_on_the_synthetic_dial() -> None:
     assert targets[0].samples(2, 3).shape == (6, 1, 16, 16)
     assert targets[2].slug == "synthetic_test"
     with pytest.raises(ValueError, match="shift_levels is empty"):
-        workflow.shift_targets("synthetic", [], [], "val", "test", 3, 16)
+        domain_shift.shift_targets("synthetic", [], [], "val", "test", 3, 16)
 
 
 @pytest.mark.slow
 def test_run_domain_shift_end_to_end(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = create_backbone("conv4", in_channels=3, image_size=16).eval()
-    targets = workflow.shift_targets("synthetic", [0.0, 1.0], [], "val", "test", 3, 16)
+    targets = domain_shift.shift_targets("synthetic", [0.0, 1.0], [], "val", "test", 3, 16)
     cfg = FinetuneConfig(head="cosine", passes=1)
     settings = {"population": 2, "generations": 1, "top_k": 1}
-    result = workflow.run_domain_shift(net, targets, 3, 1, 2, 2, 3, settings, cfg, tmp_path)
-    assert list(result.summary.columns) == list(workflow.SHIFT_SUMMARY_COLUMNS)
+    result = domain_shift.run_domain_shift(
+        net,
+        targets,
+        val=EpisodeSetting(3, 1, 2, 2),
+        test=EpisodeSetting(3, 1, 2, 3),
+        settings=settings,
+        cfg=cfg,
+        run_dir=tmp_path,
+    )
+    assert list(result.summary.columns) == list(domain_shift.SHIFT_SUMMARY_COLUMNS)
     assert len(result.summary) == 2 * 5 and (result.summary["n"] == 3).all()
     assert result.summary["mean"].between(0, 1).all()
     assert len(result.schemes) == 2 * 4 and list(result.schemes["layer"][:4]) == net.layer_names()
@@ -187,5 +198,13 @@ def test_run_domain_shift_end_to_end(tmp_path: Path) -> None:
     assert "shift 0 & shift 1" in tex and "\\toprule" in tex
     before = (tmp_path / "results" / "domain_shift_summary.csv").read_text()
     with pytest.raises(FileExistsError, match="already exist"):
-        workflow.run_domain_shift(net, targets, 3, 1, 2, 2, 3, settings, cfg, tmp_path)
+        domain_shift.run_domain_shift(
+            net,
+            targets,
+            val=EpisodeSetting(3, 1, 2, 2),
+            test=EpisodeSetting(3, 1, 2, 3),
+            settings=settings,
+            cfg=cfg,
+            run_dir=tmp_path,
+        )
     assert (tmp_path / "results" / "domain_shift_summary.csv").read_text() == before

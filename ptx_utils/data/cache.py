@@ -1,14 +1,6 @@
 """Decoded-image cache: each (dataset, split, size, source files) decoded once, then memory-mapped.
 
-A cache entry is two files in the cache directory:
-
-- ``<stem>.npy`` — the uint8 images (N, C, H, W), opened with ``mmap_mode="c"`` (copy-on-write), so
-  a process pays only for the pages it touches and training never decodes a JPEG twice;
-- ``<stem>.json`` — labels, class names, source and the key it was built from; written last, so an
-  entry without it is incomplete and rebuilt.
-
-The key includes a fingerprint of the source files (paths, sizes, modification times), so changed
-data on disk is decoded again. The directory is ``$PTX_CACHE_DIR``, else ``~/.cache/ptx-kit``.
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations
@@ -23,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptx_utils.data.base import FewShotDataset
 from ptx_utils.core.io import atomic_save, atomic_write_json
+from ptx_utils.data.base import FewShotDataset
 
 CACHE_FORMAT = 1
 

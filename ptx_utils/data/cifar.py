@@ -1,25 +1,6 @@
 """Datasets ``"cifar-fs"`` and ``"fc100"``: few-shot splits of CIFAR-100 (python version).
 
-Layout under the data root (the official ``cifar-100-python.tar.gz`` extracted as is)::
-
-    <root>/cifar-100-python/train     pickle: 50,000 images
-    <root>/cifar-100-python/test      pickle: 10,000 images
-    <root>/cifar-100-python/meta      pickle: fine and coarse label names
-
-``<root>/cifar100/cifar-100-python/...`` is accepted too. ``train`` and ``test`` are Python 2
-pickles of dicts with ``b"data"`` (uint8 (N, 3072): per row the 32x32 R, G and B planes, each
-row-major), ``b"fine_labels"`` and ``b"coarse_labels"``; ``meta`` holds ``b"fine_label_names"``
-(100) and ``b"coarse_label_names"`` (20). Both files are used, so each fine class has 600 images.
-
-- CIFAR-FS (Bertinetto et al. 2019): the classes of the packaged ``splits/cifar-fs/<split>.json``
-  (64/16/20 ``[superclass, class]`` pairs).
-- FC100 (Oreshkin et al. 2018): every fine class whose superclass is in the packaged
-  ``splits/fc100/<split>.json`` (12/4/4 superclasses, so 60/20/20 classes).
-
-Within a split, classes are ordered by CIFAR-100 fine label (alphabetical), and images keep file
-order (``train`` before ``test``). The pickles are read with a restricted unpickler that only
-rebuilds numpy arrays, so a tampered file cannot run code. Native size 32; other sizes are
-resized (anti-aliased bilinear).
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations

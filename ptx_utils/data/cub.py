@@ -1,19 +1,7 @@
 """Dataset ``"cub"``: CUB-200-2011 birds, split as in Chen et al. 2019 ("A Closer Look at Few-shot
 Classification").
 
-Layout under the data root (the official ``CUB_200_2011.tgz`` extracted as is)::
-
-    <root>/CUB_200_2011/images/001.Black_footed_Albatross/*.jpg
-    <root>/CUB_200_2011/images/002.Laysan_Albatross/*.jpg
-    ...                                   (200 class folders, 11,788 JPEGs)
-
-``<root>/cub/CUB_200_2011/images/...`` is accepted too. The class folders are sorted by name and
-numbered from 0; folder ``i`` belongs to ``train`` (base) when ``i % 2 == 0``, to ``val`` when
-``i % 4 == 1`` and to ``test`` (novel) when ``i % 4 == 3`` (100/50/50 classes). With all 200
-folders present the result is checked against the packaged ``splits/cub-closerlook/*.json``; with
-another number of folders (a subset) the rule is applied as is and a warning says so.
-
-Images are RGB, resized on the shorter side and centre-cropped to ``image_size`` (default 84).
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations

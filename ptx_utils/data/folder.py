@@ -1,19 +1,6 @@
 """Dataset ``"folder"``: any folder of class sub-folders, one class per sub-folder.
 
-Layout (``root`` is the folder itself, not a data root holding it)::
-
-    <root>/
-        <class name>/<image files: .jpg .jpeg .png .bmp .gif .webp .tif .tiff>
-        <class name>/...
-
-Sub-folders whose name starts with ``.`` (e.g. ``.ipynb_checkpoints``) are ignored, and so are
-files directly in ``<root>``. Without a split file the only split is ``"all"`` (every class
-folder). With ``split_file=...``, a JSON object ``{"train": [class names], "val": [...],
-"test": [...]}``, the splits are the ones it defines; a class may belong to at most one split.
-Option ``channels``: 3 (RGB, default) or 1 (grayscale). Default image size 84.
-
-This module also holds the helpers the other folder-based loaders (e.g. ``cub``) share: listing
-class folders and decoding a list of image files into a :class:`FewShotDataset`.
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """mini-ImageNet (Vinyals et al. 2016) in the Ravi & Larochelle split: 64 / 16 / 20 classes.
 
-Read from ``<root>/mini-imagenet/`` (also ``miniImageNet/``, ``mini_imagenet/``) in any of the forms
-users have, tried in this order:
-
-1. zips: ``<split>.zip`` or ``<split>_part_*.zip`` with entries ``<split>/<wnid>/<file>.jpg``
-   (a missing part means fewer images per class: a warning, not an error);
-2. Ravi's form: one ``images/`` folder of ``<wnid><8 digits>.jpg`` files plus ``<split>.csv``
-   (``filename,label``); without the CSV the packaged class list picks files by their wnid prefix;
-3. one folder per split: ``<split>/<wnid>/*.jpg``.
-
-Images are decoded once (shorter side resized to ``image_size``, centre-cropped; native 84x84 RGB)
-into the decoded-image cache.
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations

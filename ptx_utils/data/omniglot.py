@@ -1,22 +1,6 @@
 """Omniglot (Lake et al. 2015): 1623 handwritten characters from 50 alphabets, 20 drawers each.
 
-Two on-disk forms are read, under ``<root>/omniglot/`` (or ``<root>/omniglot-py/``, torchvision's):
-
-- the original PNG folders ``images_background/<Alphabet>/characterNN/XXXX_YY.png`` and
-  ``images_evaluation/...`` (105x105, one file per drawer);
-- the lossless npz re-pack ``images_background.npz`` / ``images_evaluation.npz`` (bool
-  ``images`` (n_chars, 20, 105, 105), True = white paper), whose rows are mapped to characters by
-  the packaged ``splits/omniglot_id_to_character.csv``.
-
-Splits: ``background`` (964 characters) and ``evaluation`` (659) — Lake's; ``train`` / ``val`` /
-``test`` / ``trainval`` (1028 / 172 / 423 / 1200) — Vinyals et al. 2016; ``evaluation-val`` (236)
-— the evaluation characters outside Vinyals' ``test`` (8 alphabets), a validation split for a
-backbone pre-trained on ``background`` that shares no character with it nor with ``test`` (Vinyals'
-``val`` is made of background characters). A class is a character
-(``Alphabet/characterNN``); with ``rotations=True`` each character also gives three rotated classes
-(``.../rot090``, ``rot180``, ``rot270``), as in Vinyals' protocol. Images keep the original polarity
-(white paper 255, ink 0), one channel, resized with anti-aliasing (default 28x28). Both forms give
-identical tensors.
+Details: ``docs/data-formats.md``.
 """
 
 from __future__ import annotations

@@ -1,46 +1,6 @@
 """Procedural renderer for the embedded few-shot dataset ``synthetic``.
 
-Design
-------
-Every image is a small *composition* of stroke primitives drawn from a shared
-vocabulary of eight parts::
-
-    0 line segment   1 arc          2 ring          3 filled blob (ellipse)
-    4 chevron (V)    5 rectangle    6 cross (+)     7 row of three dots
-
-Each primitive is a signed-distance function (SDF) evaluated on a 2x
-supersampled pixel grid; the SDF is turned into an anti-aliased coverage mask
-and average-pooled down to the output resolution.
-
-*Classes* share these low-level parts but differ in composition: a class
-template is 3-4 distinct primitive types, each with a position, size, shape
-parameter and orientation, drawn from a per-class ``torch.Generator`` seeded
-from ``(seed, class_id)`` only.  A class therefore never depends on which other
-classes are rendered, or in what order.  Class identity is purely geometric:
-part colours are drawn per *instance* from the domain palette.
-
-*Instances* get a global affine jitter (rotation +-15 deg, scale 0.85-1.15,
-translation +-4 % of the image), small per-part position / angle / size
-jitter, stroke-thickness jitter and colour jitter, all from a per-instance
-generator seeded from ``(seed, class_id, instance_index)``.
-
-*Domain shift*: ``shift`` in ``[0, 1]`` only changes low-level appearance.
-All random numbers (geometry *and* appearance: clutter positions, textures,
-sensor noise) are drawn first, independently of ``shift``; ``shift`` then
-continuously scales / blends them, so the same ``(seed, class, instance)``
-shows the same shape at every shift value.  With growing ``shift``:
-
-* the background moves from a dark, clean, gently graded navy to a light,
-  paper-like cream with low-frequency paper texture, faint stripes and soft
-  blobs of clutter;
-* strokes move from bright, saturated "neon" colours to darker, muted ink
-  colours, the palette hue rotates, strokes get thicker, acquire a hatched
-  texture and (mid-way) a dark outline that keeps them visible while the
-  background brightness crosses theirs;
-* contrast drops, a small Gaussian blur and Gaussian sensor noise appear.
-
-Everything is vectorised over the instances of a class (Python loops run only
-over classes, chunks and the 3-4 parts), on CPU, in float32.
+Details: ``docs/synthetic-renderer.md``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
 """ResNets: ResNet-10/18 as in CloserLook (Chen et al. 2019) and the few-shot ResNet-12.
 
-ResNet-10/18 follow torchvision's ``BasicBlock`` ResNet (and CloserLook's ``SimpleBlock``
-ResNet): stem conv7x7/2 - BN - ReLU - maxpool 3x3/2, four stages of [1,1,1,1] / [2,2,2,2] blocks
-with widths 64-128-256-512 (stride 2 in the first block of stages 2-4, 1x1 conv + BN shortcut
-where the shape changes), global average pool -> 512 features. Module names match torchvision
-(``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.downsample.0``, ...), so an ImageNet
-``resnet18`` state dict loads with ``strict=False`` (its ``fc.*`` keys are left over).
-
-ResNet-12 is the few-shot variant of MetaOptNet / FEAT / P-Transfer: four residual blocks, each
-three conv3x3 - BN - LeakyReLU(0.1) (the last activation after the residual sum) with a 1x1
-conv + BN shortcut and a 2x2 max-pool, widths 64-160-320-640, global average pool -> 640
-features. No DropBlock.
-
-``granularity`` sets what a *layer* is (see :class:`~ptx_utils.models.base.Backbone`):
-
-- ``"block"``: the stem (ResNet-10/18 only) and each residual block: ``stem``, ``layer1.0``,
-  ``layer1.1``, ... (ResNet-10/18) or ``block1`` ... ``block4`` (ResNet-12);
-- ``"conv"``: each conv with its BN: ``stem``, ``layer1.0_conv1``, ``layer1.0_conv2``,
-  ``layer2.0_shortcut``, ... or ``block1_conv1`` ... ``block1_conv3``, ``block1_shortcut``, ...
-  Within a block the shortcut comes after the main path (the order :meth:`forward` runs them).
+Details: ``docs/backbones.md``.
 """
 
 from __future__ import annotations

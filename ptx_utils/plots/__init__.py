@@ -45,6 +45,7 @@ __all__ = [
     "shift_figure",
     "shift_grid",
     "shift_overview",
+    "shift_scheme_map",
     "short_label",
     "strategy_figure",
     "strategy_palette",

@@ -90,7 +90,7 @@ def scheme_heatmap(result: SearchResult, top: int = 10, title: str | None = None
     Cell (rate, layer) shows the share of the ``top`` fittest evaluated schemes that give that
     layer that rate (how sure the search is); the best scheme's choices are outlined and marked.
     """
-    from ptx_utils.search.loop import ranked
+    from ptx_utils.search import ranked
 
     zoo = list(result.config.lr_zoo)
     layers = list(result.layer_names)

@@ -1,16 +1,6 @@
 """``ptx run``: execute the ordered notebooks with papermill into a new run directory.
 
-The run directory ``runs/<name>/`` receives ``params.json`` (parameters + provenance) and each
-executed notebook; the notebooks write their own results and figures under it. An existing run is
-never overwritten. A failing notebook stops the pipeline; its partially executed copy is kept in
-the run directory and the failing cell's error is shown.
-
-``timings.json`` lists the notebooks finished so far, updated after each one. ``ptx run --resume
-RUN_DIR`` (:func:`resume_pipeline`) continues a run that stopped — a failure, or a job killed at
-its time limit — from its first unfinished notebook with the same parameters; that notebook's
-long stages resume from their own checkpoints (pre-training from ``pretrain/last.pt``, each search
-after its last finished generation). The partial copy of the interrupted notebook is kept as
-``<notebook>.attempt-<n>.ipynb``. This is how the ``paper`` preset runs as a series of short jobs.
+Details: ``docs/pipeline-internals.md``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ _COMMON: dict[str, Any] = {
     "novel_split": "test",
 }
 
-# Pre-training settings per preset: keys of ptx_utils.pretraining.PretrainConfig. The notebooks merge
+# Pre-training settings per preset (keys of ptx_utils.pretraining.PretrainConfig); notebooks merge
 # the notebook parameter ``pretrain`` (a dict of overrides) over these.
 _PRETRAIN: dict[str, dict[str, Any]] = {
     "smoke": {
