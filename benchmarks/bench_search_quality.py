@@ -190,13 +190,13 @@ def main() -> None:
         )
         test_seconds = time.perf_counter() - tic
         if old is not None:
-            meta = dict(evaluation.meta)
-            meta["strategies"] = {
+            merged = dict(evaluation.meta)
+            merged["strategies"] = {
                 **{k: v.to_dict() for k, v in fixed.items()},
-                **meta["strategies"],
+                **merged["strategies"],
             }
-            meta["reused_rows_from"] = args.reuse_rows
-            evaluation = Evaluation(pd.concat([old, evaluation.rows], ignore_index=True), meta)
+            merged["reused_rows_from"] = args.reuse_rows
+            evaluation = Evaluation(pd.concat([old, evaluation.rows], ignore_index=True), merged)
         rows = evaluation.rows
         write_results(out_dir, evaluation, name=name, reference="linear probe")
         paired_full = paired_table(rows, "full fine-tune")

@@ -248,7 +248,12 @@ def test_smoke_run_on_real_omniglot(tmp_path: Path) -> None:
     assert Path(params["data_root"]).is_absolute()
     transfer = _csv(run_dir / "results" / "transfer_summary.csv")
     assert [r["strategy"] for r in transfer] == STRATEGIES
-    assert all(0.2 <= float(r["mean"]) <= 1 for r in transfer)  # Omniglot is easy: above chance
+    # Two smoke epochs and 5 fine-tuning passes leave the fine-tuned heads near chance (0.196 to
+    # 0.252 on an Intel Xeon, where the linear probe fell just below 0.2 with the code of 0ff7a63
+    # too); the frozen features' nearest centroid is the signal that the backbone learned.
+    assert all(0 <= float(r["mean"]) <= 1 and int(r["n_diverged"]) == 0 for r in transfer)
+    centroid = _csv(run_dir / "pretrain" / "nearest_centroid_test.csv")
+    assert float(centroid[0]["mean"]) >= 0.4  # 5-way chance is 0.2
     shift = _csv(run_dir / "results" / "domain_shift_summary.csv")
     assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["omniglot/test", "synthetic/test"]
     data = json.loads((run_dir / "data" / "summary.json").read_text())["datasets"]
@@ -285,6 +290,21 @@ def test_failing_notebook_stops_and_keeps_partial_output(tmp_path: Path) -> None
     partial = nbformat.read(tmp_path / "run" / "01_pretrain.ipynb", as_version=4)
     assert any(o.get("text") == "before\n" for c in partial.cells for o in c.get("outputs", []))
     assert not (tmp_path / "run" / "02_search.ipynb").exists()
+
+
+def test_kernel_messages_go_to_the_run_log_not_the_terminal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What the kernel process prints (its TCP warning at start-up, "KeyboardInterrupt caught in
+    kernel" at shutdown, anything written to its stderr) lands in ``kernel.log``."""
+    nb_dir = tmp_path / "notebooks"
+    nb_dir.mkdir()
+    _notebook(nb_dir / "01_pretrain.ipynb", "import os\nos.write(2, b'kernel says hi\\n')")
+    run_pipeline("smoke", run_dir=tmp_path / "run", notebook_dir=nb_dir)
+    out, err = capfd.readouterr()
+    assert "kernel says hi" not in out + err
+    assert "running over TCP" not in out + err
+    assert "kernel says hi" in (tmp_path / "run" / "kernel.log").read_text()
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ class Evaluation:
         return paired_table(self.rows, reference)
 
     @classmethod
-    def concat(cls, evaluations: Sequence[Evaluation], **meta: Any) -> Evaluation:
+    def concat(cls, evaluations: Sequence[Evaluation], /, **meta: Any) -> Evaluation:
         """The rows of several evaluations in one frame; ``meta`` becomes the metadata."""
         rows = pd.concat([e.rows for e in evaluations], ignore_index=True)
         return cls(rows, dict(meta))

@@ -13,6 +13,7 @@ import torch
 from ptx_utils.data.augment import normalize
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import Episodes
+from ptx_utils.models.heads import prototype_logits
 
 
 @torch.no_grad()
@@ -51,14 +52,7 @@ def centroid_logits(
     Returns:
         (E, Q, n_way) logits.
     """
-    centroids = support.mean(dim=2)
-    if metric == "euclidean":
-        return -torch.cdist(query, centroids).pow(2)
-    if metric == "cosine":
-        q = torch.nn.functional.normalize(query, dim=-1)
-        c = torch.nn.functional.normalize(centroids, dim=-1)
-        return q @ c.transpose(1, 2)
-    raise ValueError(f"unknown metric {metric!r}; use 'euclidean' or 'cosine'")
+    return prototype_logits(query, support.mean(dim=2), metric)
 
 
 def nearest_centroid_accuracy(

@@ -163,20 +163,31 @@ class PrototypeHead(nn.Module):
                 f"prototypes must be (C, {query.shape[1]}) to match the query features, got "
                 f"shape {tuple(prototypes.shape)}; build them with PrototypeHead.prototypes"
             )
-        if self.metric == "cosine":
-            logits = _l2_normalise(query) @ _l2_normalise(prototypes).T
-        else:
-            # ||q||^2 - 2 q.p + ||p||^2: no (B, C, D) intermediate; clamp rounding below 0.
-            sq = (
-                query.pow(2).sum(1, keepdim=True)
-                - 2 * query @ prototypes.T
-                + prototypes.pow(2).sum(1).unsqueeze(0)
-            )
-            logits = -sq.clamp_min(0)
-        return self.scale * logits
+        return self.scale * prototype_logits(query, prototypes, self.metric)
 
     def extra_repr(self) -> str:
         return f"metric={self.metric!r}, scale={self.scale}"
+
+
+def prototype_logits(
+    query: torch.Tensor, prototypes: torch.Tensor, metric: str = "euclidean"
+) -> torch.Tensor:
+    """Nearest-centroid logits, the one implementation the kit has (heads, features, ProtoNet).
+
+    Args:
+        query: (..., Q, D) query features; prototypes: (..., C, D) class centroids (same batch).
+        metric: ``"euclidean"`` (negative squared distance) or ``"cosine"`` (cosine similarity).
+
+    Returns:
+        (..., Q, C) logits.
+    """
+    if metric == "euclidean":
+        return -torch.cdist(query, prototypes).pow(2)
+    if metric == "cosine":
+        q = torch.nn.functional.normalize(query, dim=-1)
+        c = torch.nn.functional.normalize(prototypes, dim=-1)
+        return q @ c.transpose(-1, -2)
+    raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
 
 
 def create_head(kind: str, in_dim: int, n_classes: int, **kwargs: Any) -> nn.Module:

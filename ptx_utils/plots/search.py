@@ -52,7 +52,7 @@ def search_figure(
 class LiveSearchPlot:
     """A search callback that redraws :func:`search_figure` in a notebook after each generation.
 
-    Pass it as ``callback=`` to :func:`ptx_utils.search.loop.search`; ``others`` (label -> finished
+    Pass it as ``callback=`` to :func:`ptx_utils.search.search`; ``others`` (label -> finished
     search) are drawn beside the running one. Outside IPython it does nothing (a plain script
     still gets the one-line summaries), and under papermill it leaves the last figure in the
     cell's output.

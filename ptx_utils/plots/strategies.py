@@ -55,7 +55,7 @@ def strategy_figure(summary: Any, title: str | None = None) -> Figure:
 def episode_distribution(rows: Any, title: str | None = None) -> Figure:
     """Per-episode accuracy of every strategy (box + points), one panel per (n_way, k_shot).
 
-    ``rows``: the tidy frame of :func:`~ptx_utils.evaluation.harness.evaluate_strategies` (diverged
+    ``rows``: the tidy frame of :func:`~ptx_utils.evaluation.evaluate_strategies` (diverged
     episodes, NaN, are left out and counted in the tick label).
     """
     import seaborn as sns

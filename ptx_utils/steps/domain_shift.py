@@ -159,7 +159,7 @@ class DomainShiftResult:
 
     Attributes:
         rows: per (target, strategy, episode), the columns of
-            :data:`~ptx_utils.evaluation.harness.ROW_COLUMNS` plus ``target``, ``order``, ``shift``.
+            :data:`~ptx_utils.evaluation.ROW_COLUMNS` plus ``target``, ``order``, ``shift``.
         summary: per (target, strategy), columns :data:`SHIFT_SUMMARY_COLUMNS`.
         schemes: the searched scheme per (target, layer), columns :data:`SHIFT_SCHEME_COLUMNS`.
         searches: target label -> its search.

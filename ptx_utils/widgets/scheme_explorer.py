@@ -61,7 +61,7 @@ class SchemeExplorer:
     :func:`~ptx_utils.evaluation.evaluate_strategies` (same seed, so the same replica seeds as the
     evaluation harness); its score is the mean query accuracy and the 95 % CI half-width over the
     episodes, **a diverged episode scoring accuracy 0** (the conservative
-    ``mean_failed_as_zero`` of :func:`~ptx_utils.evaluation.harness.summary_table`). Scores are
+    ``mean_failed_as_zero`` of :func:`~ptx_utils.evaluation.summary_table`). Scores are
     cached per strategy (everything but the name), so each is fine-tuned once.
 
     Args:
