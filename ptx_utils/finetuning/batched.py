@@ -68,7 +68,6 @@ class BatchedResult:
     diverged: torch.Tensor
 
 
-
 class _Runner(nn.Module):
     """Backbone stages ``start:`` plus head; parameters named ``backbone.*`` and ``head.*``."""
 
@@ -112,7 +111,6 @@ class _Engine:
     support_labels: torch.Tensor
     query_images: torch.Tensor
     layer_lrs: list[dict[str, float]] = field(default_factory=list)
-
 
 
 def finetune_batched(
