@@ -119,3 +119,18 @@ def test_bad_target_is_refused_before_anything_runs(
     with pytest.raises(SystemExit, match=message):
         reproduce.main(argv)
     assert not any(tmp_path.iterdir())
+
+
+def test_committed_results_load_and_the_table_re_renders_identically() -> None:
+    """Every committed benchmark JSON parses, and the reproduction rows render into exactly the
+    table docs/reproduction.md holds between its markers."""
+    results = BENCHMARKS / "results"
+    files = sorted(results.rglob("*.json"))
+    assert files, "no committed benchmark results found"
+    for path in files:
+        json.loads(path.read_text())
+    table = _module("reproduction_table")
+    text = table.render(table.load_rows(results / "reproduction"))
+    page = (BENCHMARKS.parent / "docs" / "reproduction.md").read_text()
+    between = page.split(table.BEGIN, 1)[1].split("\n", 1)[1].split(table.END, 1)[0]
+    assert between.strip("\n") == text.strip("\n")

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ptx_utils.evaluation.harness import evaluate_strategies
 from ptx_utils.finetuning.fixed import full_finetune, linear_probe
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.models import create_backbone
 from ptx_utils.plots import LiveSearchPlot, save_figure, scheme_heatmap, search_figure
 from ptx_utils.running.presets import get_preset
@@ -366,6 +368,23 @@ def test_episode_fitness_equals_the_evaluation_harness(synthetic_test: FewShotDa
     ).rows
     np.testing.assert_array_equal(acc, rows["accuracy"].to_numpy().reshape(3, 3))
     assert fitness.identity()["episodes_digest"] == episodes.digest()
+    assert "base_strategy" not in fitness.identity()  # earlier searches keep their identity
+
+
+def test_the_search_varies_the_scheme_of_a_base_strategy(synthetic_test: FewShotDataset) -> None:
+    """With ``base`` each candidate runs as ``base.with_scheme(scheme)``: a cosine-classifier base
+    under a linear protocol scores as the scheme under a cosine protocol."""
+    backbone = _backbone()
+    episodes = sample_episodes(synthetic_test, n_way=5, k_shot=1, n_query=3, n_episodes=2, seed=2)
+    schemes = [Scheme((0, 0, 0, 0.1)), Scheme((0, 0, 0.1, 0.01))]
+    runtime = Runtime(seed=7, progress=False)
+    base = Strategy(Scheme((0, 0, 0, 0)), classifier="cosine")
+    linear = replace(SMALL_FT, head="linear")
+    with_base = EpisodeFitness(backbone, synthetic_test, episodes, linear, runtime, base=base)
+    cosine = EpisodeFitness(backbone, synthetic_test, episodes, replace(SMALL_FT, head="cosine"),
+                            runtime)  # fmt: skip
+    np.testing.assert_array_equal(with_base(schemes), cosine(schemes))
+    assert with_base.identity()["base_strategy"]["classifier"] == "cosine"
 
 
 KILL_SCRIPT = textwrap.dedent(

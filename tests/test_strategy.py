@@ -34,8 +34,14 @@ ADAPTERS = Strategy(
         Attachment("residual-adapter", 0.5, {"init": 1e-4}),
         Attachment("pre-classifier", 1.0),
     ),
-    feature_transform="none",
+    steps=40,
     name="TSA",
+)
+CHANNEL_IMPORTANCE = Strategy(
+    Scheme((0, 0, 0, 0)),
+    feature_transform="channel-importance",
+    transform_options={"k": 1.3},
+    name="channel importance",
 )
 
 
@@ -54,7 +60,7 @@ def test_identity_ignores_the_name_and_hashes() -> None:
     assert str(a) == "0 0.1 | head 0.01 | cosine"
 
 
-@pytest.mark.parametrize("strategy", [linear_probe(4), ADAPTERS])
+@pytest.mark.parametrize("strategy", [linear_probe(4), ADAPTERS, CHANNEL_IMPORTANCE])
 def test_json_round_trip(strategy: Strategy) -> None:
     back = Strategy.from_dict(json.loads(json.dumps(strategy.to_dict())))
     assert back == strategy and back.name == strategy.name and hash(back) == hash(strategy)
@@ -99,7 +105,9 @@ def test_both_engines_refuse_what_they_do_not_implement(synthetic_test: FewShotD
     torch.manual_seed(0)
     bb = create_backbone("conv4", image_size=16)
     eb = sample_episodes(synthetic_test, 5, 1, 2, 1, seed=0).tensors(synthetic_test)
-    assert set(ADAPTERS.unimplemented()) >= {"classifier 'ncc-cosine'", "optimizer 'adadelta'"}
+    assert set(ADAPTERS.unimplemented()) >= {"classifier 'ncc-cosine'", "steps 40"}
+    assert str(CHANNEL_IMPORTANCE).endswith("| channel-importance k=1.3")
+    assert CHANNEL_IMPORTANCE.unimplemented() == ["feature_transform 'channel-importance'"]
     with pytest.raises(NotImplementedError, match=r"docs/strategies\.md"):
         finetune_sequential(bb, ADAPTERS, eb.support_images[0], eb.support_labels[0],
                             eb.query_images[0], 5)  # fmt: skip

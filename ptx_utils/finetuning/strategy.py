@@ -73,9 +73,11 @@ class Strategy:
         classifier: ``"protocol"`` (the :class:`FinetuneConfig` head), ``"linear"``, ``"cosine"``.
         optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay).
         attachments: extra trained or loaded parameters (:class:`Attachment`).
-        feature_transform: a parameter-free transform of the features before the classifier.
+        feature_transform: a parameter-free transform of the features before the classifier;
+            ``transform_options`` its settings (sorted ``(key, JSON value)`` pairs, e.g. k).
         bn_stats: ``"protocol"`` (the config's ``bn_mode``), ``"eval"`` or ``"train"``.
         loads: meta-trained parts, as checkpoint references (``"path#sha256"``).
+        steps: a fixed number of optimisation steps (None: the protocol's passes × batches).
         name: a label (not part of the identity).
 
     Example:
@@ -89,8 +91,10 @@ class Strategy:
     optimizer: str = "sgd"
     attachments: tuple[Attachment, ...] = ()
     feature_transform: str = "none"
+    transform_options: tuple[tuple[str, Any], ...] = ()
     bn_stats: str = "protocol"
     loads: tuple[str, ...] = ()
+    steps: int | None = None
     name: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -106,6 +110,11 @@ class Strategy:
         _choice("bn_stats", self.bn_stats, BN_STATS, PLANNED_BN_STATS)
         object.__setattr__(self, "attachments", tuple(self.attachments))
         object.__setattr__(self, "loads", tuple(str(x) for x in self.loads))
+        pairs = self.transform_options
+        pairs = pairs.items() if isinstance(pairs, Mapping) else pairs
+        object.__setattr__(self, "transform_options", tuple(sorted((str(k), v) for k, v in pairs)))
+        if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
+            raise ValueError(f"steps must be None or an int >= 0, got {self.steps!r}")
         if not self.name and self.scheme.name:
             object.__setattr__(self, "name", self.scheme.name)
 
@@ -148,6 +157,10 @@ class Strategy:
         out += [f"attachment {a.kind!r}" for a in self.attachments]
         if self.loads:
             out.append("meta-trained parts (loads)")
+        if self.transform_options and self.feature_transform in FEATURE_TRANSFORMS:
+            out.append("transform_options")
+        if self.steps is not None:
+            out.append(f"steps {self.steps}")
         return out
 
     def protocol(self, cfg: FinetuneConfig) -> FinetuneConfig:
@@ -182,11 +195,14 @@ class Strategy:
             parts.append(self.optimizer)
         parts += [f"{a.kind} {a.lr:g}" for a in self.attachments]
         if self.feature_transform != "none":
-            parts.append(self.feature_transform)
+            options = "".join(f" {k}={v}" for k, v in self.transform_options)
+            parts.append(self.feature_transform + options)
         if self.bn_stats != "protocol":
             parts.append(f"bn {self.bn_stats}")
         if self.loads:
             parts.append(f"loads {len(self.loads)}")
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
         return " | ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,8 +213,10 @@ class Strategy:
             "optimizer": self.optimizer,
             "attachments": [a.to_dict() for a in self.attachments],
             "feature_transform": self.feature_transform,
+            "transform_options": dict(self.transform_options),
             "bn_stats": self.bn_stats,
             "loads": list(self.loads),
+            "steps": self.steps,
             "name": self.name,
         }
 
@@ -208,7 +226,7 @@ class Strategy:
         if "lrs" in data:
             return cls(Scheme.from_dict(dict(data)))
         known = {"scheme", "classifier", "optimizer", "attachments", "feature_transform",
-                 "bn_stats", "loads", "name"}  # fmt: skip
+                 "transform_options", "bn_stats", "loads", "steps", "name"}  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown strategy field(s) {', '.join(unknown)}")
@@ -218,8 +236,10 @@ class Strategy:
             optimizer=data.get("optimizer", "sgd"),
             attachments=tuple(Attachment.from_dict(a) for a in data.get("attachments", [])),
             feature_transform=data.get("feature_transform", "none"),
+            transform_options=tuple(dict(data.get("transform_options", {})).items()),
             bn_stats=data.get("bn_stats", "protocol"),
             loads=tuple(data.get("loads", [])),
+            steps=data.get("steps"),
             name=data.get("name", ""),
         )
 

@@ -39,7 +39,9 @@ class EpisodeFitness:
     (``engine="sequential"``: the reference loop, one replica at a time — the naive baseline
     of the search benchmark). Replica (scheme, episode i) is seeded with
     :func:`~ptx_utils.finetuning.replicas.replica_seed` ``(runtime.seed, i)``; ``runtime``
-    (None: ``Runtime()``) also gives the device, chunk size and progress bars.
+    (None: ``Runtime()``) also gives the device, chunk size and progress bars. ``base`` is the
+    strategy whose scheme the search varies (each candidate scheme runs as
+    ``base.with_scheme(scheme)``); None: the strategy of the scheme alone.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class EpisodeFitness:
         finetune: FinetuneConfig | None = None,
         runtime: Runtime | None = None,
         engine: str = "batched",
+        base: Strategy | None = None,
     ) -> None:
         if len(episodes) == 0 or episodes.n_query < 1:
             raise ValueError(
@@ -60,6 +63,7 @@ class EpisodeFitness:
         self.finetune = FinetuneConfig() if finetune is None else finetune
         self.seed = self.runtime.seed
         self.engine = engine
+        self.base = base
         self.chunk_size = self.runtime.chunk_size
         self.progress = self.runtime.progress
         self.layer_names = tuple(backbone.layer_names())
@@ -78,6 +82,10 @@ class EpisodeFitness:
             "n_episodes": len(episodes),
             "finetune": asdict(self.finetune),
         }
+        if base is not None:  # only then, so the identity of earlier searches is unchanged
+            self._identity["base_strategy"] = {
+                k: v for k, v in base.to_dict().items() if k not in ("scheme", "name")
+            }
 
     def identity(self) -> dict[str, Any]:
         """What the fitness depends on (backbone weights, episodes, protocol), JSON-ready."""
@@ -92,6 +100,8 @@ class EpisodeFitness:
         """Accuracies float64 (S, E) of ``schemes`` (schemes or strategies) on the validation
         episodes (only those listed in ``episodes``, if given), NaN where a replica diverged."""
         index = list(range(self.n_episodes)) if episodes is None else list(episodes)
+        if self.base is not None:
+            schemes = [self.base.with_scheme(s) if isinstance(s, Scheme) else s for s in schemes]
         accuracy, _ = replica_accuracies(
             self.model,
             [s for s in schemes for _ in index],

@@ -22,6 +22,7 @@ from ptx_utils.core.runtime import Runtime
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import Episodes
 from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.models import Backbone
 from ptx_utils.search.config import SearchConfig, SearchError
 from ptx_utils.search.fitness import EpisodeFitness, FitnessFn, fitness_of
@@ -207,13 +208,15 @@ def search(
     resume: bool = True,
     runtime: Runtime | None = None,
     callback: Callback | None = None,
+    base: Strategy | None = None,
 ) -> SearchResult:
     """Search for the best scheme of ``backbone`` on validation ``episodes`` of ``dataset``.
 
     The fitness is :class:`~ptx_utils.search.fitness.EpisodeFitness` (batched engine, replica
     seeds from ``config.seed``). ``runtime`` (None: ``Runtime()``) gives the device, chunk size
     and progress (one bar per generation and a one-line summary after it); its ``seed`` is not
-    used. See :func:`evolve` for the rest of the arguments.
+    used. ``base``: the strategy whose per-layer scheme is searched (its classifier, BN
+    statistics... stay fixed); None: the scheme alone. See :func:`evolve` for the rest.
 
     Example:
         >>> import torch
@@ -233,8 +236,9 @@ def search(
     config = SearchConfig() if config is None else config
     runtime = Runtime() if runtime is None else runtime
     fitness = EpisodeFitness(
-        backbone, dataset, episodes, finetune, runtime=replace(runtime, seed=config.seed)
-    )
+        backbone, dataset, episodes, finetune, runtime=replace(runtime, seed=config.seed),
+        base=base,
+    )  # fmt: skip
     return evolve(
         fitness,
         backbone.layer_names(),
