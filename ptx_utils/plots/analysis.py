@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from ptx_utils.plots.common import OKABE_ITO, strategy_palette
+from ptx_utils.plots.common import OKABE_ITO, accuracy_errorbar, strategy_palette
 from ptx_utils.steps.analysis import RunCollection, transfer_table
 
 
@@ -81,17 +81,8 @@ def shift_overview(collection: RunCollection) -> Figure:
             ax = axes[0][j]
             for name in names:
                 line = part[part["strategy"] == name].set_index("target").reindex(targets)
-                ax.errorbar(
-                    x,
-                    100 * line["mean"],
-                    yerr=100 * line["ci95"],
-                    marker="o",
-                    ms=4,
-                    capsize=2,
-                    color=palette[name],
-                    label=name,
-                    lw=2.2 if name == "searched" else 1.1,
-                )
+                lw = 2.2 if name == "searched" else 1.1
+                accuracy_errorbar(ax, x, line, name, palette[name], lw)
             ax.set_xticks(x, targets, rotation=15, fontsize=7)
             ax.set(title=run, ylabel="test accuracy (%)")
             searched = part[part["strategy"] == "searched"].set_index("target").reindex(targets)

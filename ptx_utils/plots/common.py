@@ -72,3 +72,18 @@ def rate_colormap(n_rates: int) -> Any:
 def lr_code(lr: float, zoo: Sequence[float]) -> float:
     """A rate's position in the zoo (the colour index), NaN when it is not in the zoo."""
     return float(list(zoo).index(lr)) if lr in zoo else float("nan")
+
+
+def accuracy_errorbar(ax: Any, x: Any, part: Any, name: str, color: str, lw: float) -> None:
+    """One strategy's accuracy line: ``part``'s ``mean`` ± ``ci95`` (fractions) in percent."""
+    ax.errorbar(
+        x,
+        100 * part["mean"],
+        yerr=100 * part["ci95"],
+        marker="o",
+        ms=4,
+        capsize=2,
+        color=color,
+        label=name,
+        lw=lw,
+    )

@@ -9,7 +9,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from ptx_utils.plots.common import OKABE_ITO, lr_code, rate_colormap, short_label, strategy_palette
+from ptx_utils.plots.common import (
+    OKABE_ITO,
+    accuracy_errorbar,
+    lr_code,
+    rate_colormap,
+    short_label,
+    strategy_palette,
+)
 
 
 def shift_scheme_map(schemes: Any, zoo: Sequence[float] | None = None) -> Figure:
@@ -68,17 +75,8 @@ def shift_figure(summary: Any, title: str | None = None, n_layers: int | None = 
     offsets = np.linspace(-0.12, 0.12, len(names)) if len(names) > 1 else [0.0]
     for off, name in zip(offsets, names, strict=True):
         part = summary[summary["strategy"] == name].set_index("target").reindex(targets)
-        ax.errorbar(
-            x + off,
-            100 * part["mean"],
-            yerr=100 * part["ci95"],
-            marker="o",
-            ms=4,
-            capsize=2,
-            color=palette[name],
-            label=name,
-            lw=2.2 if name == "searched" else 1.2,
-        )
+        lw = 2.2 if name == "searched" else 1.2
+        accuracy_errorbar(ax, x + off, part, name, palette[name], lw)
     if "n_way" in summary.columns:
         ax.axhline(100 / summary["n_way"].iloc[0], color="grey", ls=":", lw=1, label="chance")
     ax.set_xticks(x, targets, rotation=20)
