@@ -61,11 +61,8 @@ class EpisodeFitness:
             )
         self.runtime = Runtime() if runtime is None else runtime
         self.finetune = FinetuneConfig() if finetune is None else finetune
-        self.seed = self.runtime.seed
         self.engine = engine
         self.base = base
-        self.chunk_size = self.runtime.chunk_size
-        self.progress = self.runtime.progress
         self.layer_names = tuple(backbone.layer_names())
         self.n_way = episodes.n_way
         self.n_episodes = len(episodes)
@@ -106,13 +103,13 @@ class EpisodeFitness:
             self.model,
             [s for s in schemes for _ in index],
             [i for _ in schemes for i in index],
-            [replica_seed(self.seed, i) for _ in schemes for i in index],
+            [replica_seed(self.runtime.seed, i) for _ in schemes for i in index],
             self.tensors,
             self.n_way,
             self.finetune,
             engine=self.engine,
-            chunk_size=self.chunk_size,
-            progress=self.progress,
+            chunk_size=self.runtime.chunk_size,
+            progress=self.runtime.progress,
             desc=desc,
         )
         return accuracy.reshape(len(schemes), len(index))

@@ -115,41 +115,24 @@ def shift_targets(
     """
     targets: list[Target] = []
 
-    def add(label: str, shift: float, val: FewShotDataset, test: FewShotDataset) -> None:
-        val, test = (match_format(d, channels, image_size) for d in (val, test))
-        targets.append(Target(label, len(targets), shift, val, test))
+    def add(label: str, level: float, name: str, val: str, test: str, **load: Any) -> None:
+        # Loaded at the backbone's size from the source pixels (one resize, e.g. Omniglot's
+        # 105 px straight to 84); match_format then converts the channels.
+        splits = (load_dataset(name, s, image_size=image_size, **load) for s in (val, test))
+        val_set, test_set = (match_format(d, channels, image_size) for d in splits)
+        targets.append(Target(label, len(targets), level, val_set, test_set))
 
     if dataset == "synthetic":
         if not shift_levels:
             raise ValueError("shift_levels is empty: give the synthetic dial's levels, e.g. [0, 1]")
         for level in sorted(float(s) for s in shift_levels):
             # The dataset's default seed: the classes notebook 01 pre-trained on, re-rendered.
-            load = {"image_size": image_size, "shift": level}
-            add(
-                f"shift {level:g}",
-                level,
-                load_dataset("synthetic", val_split, **load),
-                load_dataset("synthetic", novel_split, **load),
-            )
+            add(f"shift {level:g}", level, "synthetic", val_split, novel_split, shift=level)
     else:
-        load = {"root": data_root, "image_size": image_size}
-        add(
-            f"{dataset}/{novel_split}",
-            math.nan,
-            load_dataset(dataset, val_split, **load),
-            load_dataset(dataset, novel_split, **load),
-        )
+        add(f"{dataset}/{novel_split}", math.nan, dataset, val_split, novel_split, root=data_root)
     for entry in cross_domain:
         name, val, test = parse_cross_domain(entry)
-        # Loaded at the backbone's size from the source pixels (one resize, e.g. Omniglot's
-        # 105 px straight to 84); match_format then converts the channels.
-        load = {"root": data_root, "image_size": image_size}
-        add(
-            f"{name}/{test}",
-            math.nan,
-            load_dataset(name, val, **load),
-            load_dataset(name, test, **load),
-        )
+        add(f"{name}/{test}", math.nan, name, val, test, root=data_root)
     return targets
 
 
