@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ptx_utils.finetuning.batched as fb
+import ptx_utils.finetuning.runner as runner_module
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
 from ptx_utils.finetuning.batched import Replica, finetune_batched
@@ -132,6 +133,16 @@ def test_bn_train_mode_mixed_in_one_chunk(conv4, episodes) -> None:
     _check_equal_to_sequential(conv4, replicas[::3], episodes[1], cfg)
 
 
+@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+def test_vmap_and_loop_both_equal_sequential(conv4, episodes, vectorize) -> None:
+    """The two ways a chunk runs its replicas (``vectorize``) give the reference's logits."""
+    cfg = FinetuneConfig(passes=3, bn_mode="train")
+    replicas = _mixed_replicas(SCHEMES)
+    _check_equal_to_sequential(conv4, replicas, episodes[1], cfg, vectorize=vectorize)
+    with pytest.raises(ValueError, match="vectorize must be one of"):
+        _batched(conv4, replicas, episodes[1], cfg, vectorize="threads")
+
+
 def test_backbone_left_unchanged(conv4, episodes) -> None:
     before = {k: v.clone() for k, v in conv4.state_dict().items()}
     cfg = FinetuneConfig(passes=2, bn_mode="train")
@@ -193,13 +204,13 @@ def test_frozen_prefix_taken_and_exact(conv4, episodes, monkeypatch) -> None:
     cfg = FinetuneConfig(passes=3)
     replicas = _mixed_replicas([linear_probe(4), Scheme((0, 0, 0.01, 0.1)), last_k(4, 1)])
     calls: list[int] = []
-    original = fb._run_prefix
+    original = runner_module._no_grad_prefix
 
     def counting(runner, x, stop):
         calls.append(stop)
         return original(runner, x, stop)
 
-    monkeypatch.setattr(fb, "_run_prefix", counting)
+    monkeypatch.setattr(runner_module, "_no_grad_prefix", counting)
     with_prefix = _batched(conv4, replicas, episodes[5], cfg)
     # One chunk per frozen prefix (4, 3 and 2 stages), support + queries once each.
     assert sorted(calls) == [2, 2, 3, 3, 4, 4]

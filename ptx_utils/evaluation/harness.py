@@ -131,6 +131,7 @@ def evaluate_strategies(
         engine=engine,
         chunk_size=runtime.chunk_size,
         progress=runtime.progress,
+        precision=runtime.torch_precision(),
     )
     rows = pd.DataFrame(
         {
@@ -149,6 +150,7 @@ def evaluate_strategies(
     meta = {
         "engine": engine,
         "device": str(tensors[0].device),
+        "precision": runtime.torch_precision(),
         "seed": runtime.seed,
         "episodes_digest": episodes.digest(),
         "episodes_seed": episodes.seed,
@@ -168,7 +170,7 @@ def strategy_checkpoint(checkpoint_dir: str | Path, episodes: Episodes, strategy
 
 
 #: The metadata a saved strategy must share with the evaluation that would reuse it.
-_RESUME_KEYS = ("episodes_digest", "dataset_fingerprint", "seed", "finetune_config")
+_RESUME_KEYS = ("episodes_digest", "dataset_fingerprint", "seed", "finetune_config", "precision")
 
 
 def _evaluate_resumable(
@@ -187,6 +189,7 @@ def _evaluate_resumable(
         "dataset_fingerprint": episodes.dataset_fingerprint,
         "seed": runtime.seed,
         "finetune_config": json.loads(json.dumps(asdict(cfg))),
+        "precision": runtime.torch_precision(),
     }
     frames, metas = [], []
     for name, strategy in strategies.items():
@@ -195,6 +198,7 @@ def _evaluate_resumable(
         if meta_path.exists():  # written after the CSV: its presence means the strategy is done
             meta = json.loads(meta_path.read_text())
             saved = {k: meta.get(k) for k in _RESUME_KEYS}
+            saved["precision"] = meta.get("precision", "fp32")  # results from before bf16
             saved_strategy = meta.get("strategies", {}).get(name)
             if (
                 saved != expected
@@ -203,8 +207,8 @@ def _evaluate_resumable(
             ):
                 raise ValueError(
                     f"{meta_path} holds strategy {name!r} for other settings (episodes, seed, "
-                    "fine-tuning protocol or strategy differ); use another checkpoint directory "
-                    "or remove that file to evaluate again"
+                    "fine-tuning protocol, precision or strategy differ); use another checkpoint "
+                    "directory or remove that file to evaluate again"
                 )
             rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
             rows["accuracy"] = rows["accuracy"].astype(float)

@@ -21,7 +21,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.core.device import memory_format, resolve_precision
+from ptx_utils.data.augment import Augmentation, augment
 from ptx_utils.finetuning.chunking import auto_chunk_size
 from ptx_utils.finetuning.functional_sgd import sgd_step, view_as_replicas
 from ptx_utils.finetuning.protocol import (
@@ -32,8 +33,11 @@ from ptx_utils.finetuning.protocol import (
     trainable_groups,
 )
 from ptx_utils.finetuning.replica_bn import STAT_BUFFERS, make_replica_bn, set_bn_state
+from ptx_utils.finetuning.replicas import check_episode_tensors
+from ptx_utils.finetuning.runner import Runner, episode_inputs, frozen_prefix_output
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
+from ptx_utils.finetuning.vectorize import VECTORIZE, loop_replicas, per_replica
 from ptx_utils.models import Backbone, create_head
 
 _BACKBONE = "backbone."
@@ -68,38 +72,11 @@ class BatchedResult:
     diverged: torch.Tensor
 
 
-class _Runner(nn.Module):
-    """Backbone stages ``start:`` plus head; parameters named ``backbone.*`` and ``head.*``."""
-
-    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        split = backbone.forward_stages()
-        self.stages, self.tail, self.split = split.stages, split.tail, split
-
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        for stage in self.stages[start:]:
-            x = stage.run(self.backbone, x)
-        return self.head(self.tail(self.backbone, x))
-
-    def prefix(self, x: torch.Tensor, stop: int) -> torch.Tensor:
-        for stage in self.stages[:stop]:
-            x = stage.run(self.backbone, x)
-        return x
-
-
-def _run_prefix(runner: _Runner, x: torch.Tensor, stop: int) -> torch.Tensor:
-    """The output of the first ``stop`` stages (frozen, eval-mode BN), without grad."""
-    with torch.no_grad():
-        return runner.prefix(x, stop)
-
-
 @dataclass
 class _Engine:
     """Everything shared by the chunks of one :func:`finetune_batched` call."""
 
-    runner: _Runner
+    runner: Runner
     cfg: FinetuneConfig
     n_way: int
     device: torch.device
@@ -111,6 +88,9 @@ class _Engine:
     support_labels: torch.Tensor
     query_images: torch.Tensor
     layer_lrs: list[dict[str, float]] = field(default_factory=list)
+    precision: str = "fp32"
+    vectorize: str = "auto"
+    masters: dict[str, torch.Tensor] = field(default_factory=dict)  # float32 trained weights
 
 
 def finetune_batched(
@@ -125,6 +105,8 @@ def finetune_batched(
     progress: bool = True,
     frozen_prefix: bool = True,
     desc: str = "fine-tune replicas",
+    precision: str = "fp32",
+    vectorize: str = "auto",
 ) -> BatchedResult:
     """Fine-tune many replicas at once; the query logits of each, as the sequential reference.
 
@@ -140,6 +122,10 @@ def finetune_batched(
         frozen_prefix: compute a chunk's frozen leading stages once per episode (set False
             only to check that it makes no difference).
         desc: the progress bar's label.
+        precision: ``"fp32"`` (the reference), ``"bf16"`` (bf16 autocast, channels-last frozen
+            prefix, float32 weights, statistics and optimiser) or ``"auto"``.
+        vectorize: ``"vmap"``, ``"loop"`` (replicas of a chunk one after another, same
+            arithmetic) or ``"auto"`` (loop on a CPU when a chunk trains convolutions).
 
     Returns:
         :class:`BatchedResult`: logits float32 (R, Q, n_way) on the backbone's device, NaN rows
@@ -147,12 +133,17 @@ def finetune_batched(
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    _check_episodes(replicas, support_images, support_labels, query_images)
+    if vectorize not in VECTORIZE:
+        raise ValueError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    check_episode_tensors(
+        [r.episode for r in replicas], support_images, support_labels, query_images
+    )
     # Replicas whose strategies resolve to the same protocol (head, BN mode) train together.
     protocols: dict[FinetuneConfig, list[int]] = {}
     for i, r in enumerate(replicas):
         protocols.setdefault(as_strategy(r.strategy).protocol(cfg), []).append(i)
     device = next(backbone.parameters()).device
+    precision = resolve_precision(precision, device)
     n_rep, n_query = len(replicas), query_images.shape[1]
     logits = torch.full((n_rep, n_query, n_way), float("nan"), dtype=torch.float32, device=device)
     diverged = torch.zeros(n_rep, dtype=torch.bool, device=device)
@@ -161,8 +152,9 @@ def finetune_batched(
         for protocol, members in protocols.items():
             engine = _prepare(
                 backbone, [replicas[i] for i in members], support_images, support_labels,
-                query_images, n_way, protocol,
+                query_images, n_way, protocol, precision,
             )  # fmt: skip
+            engine.vectorize = vectorize
             out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
             sel = torch.tensor(members, device=device)
             logits[sel] = out
@@ -215,30 +207,6 @@ def _run_engine(
     return logits, diverged
 
 
-def _check_episodes(
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-) -> None:
-    if support_images.ndim != 5 or query_images.ndim != 5 or support_labels.ndim != 2:
-        raise ValueError(
-            "expected stacked episodes: support_images (E, N, C, H, W), support_labels (E, N), "
-            f"query_images (E, Q, C, H, W); got {tuple(support_images.shape)}, "
-            f"{tuple(support_labels.shape)}, {tuple(query_images.shape)}"
-        )
-    n_ep = support_images.shape[0]
-    if support_labels.shape != support_images.shape[:2] or query_images.shape[0] != n_ep:
-        raise ValueError(
-            f"episode tensors disagree: support_images {tuple(support_images.shape)}, "
-            f"support_labels {tuple(support_labels.shape)}, query_images "
-            f"{tuple(query_images.shape)}"
-        )
-    bad = [r.episode for r in replicas if not 0 <= r.episode < n_ep]
-    if bad:
-        raise ValueError(f"replica episode indices {bad[:5]} out of range for {n_ep} episodes")
-
-
 def _prepare(
     backbone: Backbone,
     replicas: Sequence[Replica],
@@ -247,17 +215,24 @@ def _prepare(
     query_images: torch.Tensor,
     n_way: int,
     cfg: FinetuneConfig,
+    precision: str,
 ) -> _Engine:
     device = next(backbone.parameters()).device
 
-    model = copy.deepcopy(backbone)
+    model = copy.deepcopy(backbone).to(memory_format=memory_format(precision))
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
     head = create_head(cfg.head, model.out_dim, n_way).to(device)
     for p in head.parameters():
         p.requires_grad_(False)
-    runner = _Runner(model, head)
+    runner = Runner(model, head)
+    masters = {name: p.detach().clone() for name, p in runner.named_parameters()}
+    if precision == "bf16":  # bf16 backbone; batch norm and the head stay float32
+        model.to(torch.bfloat16)
+        for m in model.modules():
+            if is_bn(m):
+                m.float()
 
     names = {id(p): _BACKBONE + n for n, p in model.named_parameters()}
     cache: dict[Scheme, tuple[dict[str, float], dict[str, float]]] = {}
@@ -284,6 +259,10 @@ def _prepare(
                         qual = _BACKBONE + _qualified_name(model, m)
                         bn_layer[qual] = layer
                         make_replica_bn(m, qual + ".")
+    if precision == "bf16":  # every batch norm takes bf16 activations with float32 statistics
+        for qual, m in model.named_modules():
+            if is_bn(m) and _BACKBONE + qual not in bn_layer:
+                make_replica_bn(m, _BACKBONE + qual + ".")
 
     n_support = support_images.shape[1]
     plans = [replica_plan(r.seed, n_support, n_way, model.out_dim, cfg) for r in replicas]
@@ -300,6 +279,8 @@ def _prepare(
         support_labels=support_labels,
         query_images=query_images,
         layer_lrs=layer_lrs,
+        precision=precision,
+        masters=masters,
     )
 
 
@@ -334,8 +315,9 @@ def _run_chunk(
     s_img = engine.support_images[ep_sel].to(dev)
     s_lab = engine.support_labels[ep_sel].to(dev)
     q_img = engine.query_images[ep_sel].to(dev)
-    s_in = None if cfg.augment else _inputs(runner, s_img, start)
-    q_in = _inputs(runner, q_img, start)
+    precision = engine.precision
+    s_in = None if cfg.augment else episode_inputs(runner, s_img, start, precision)
+    q_in = episode_inputs(runner, q_img, start, precision)
 
     # Stacked trainable tensors: backbone parameters some replica trains, and the head.
     lr_of: dict[str, torch.Tensor] = {}
@@ -345,7 +327,7 @@ def _run_chunk(
         lr_of[name] = torch.tensor([engine.lrs[i].get(name, 0.0) for i in idx], device=dev)
     head_lr = torch.tensor([r.scheme.head_lr for r in reps], device=dev)
     tp: dict[str, torch.Tensor] = {
-        name: params[name].detach().expand(n, *params[name].shape).clone() for name in trained
+        name: engine.masters[name].expand(n, *params[name].shape).clone() for name in trained
     }
     tp[_HEAD + "weight"] = torch.stack([p.head_weight for p in plans]).to(dev)
     lr_of[_HEAD + "weight"] = head_lr
@@ -372,6 +354,14 @@ def _run_chunk(
                 if b is not None:
                     bufs[f"{bn}.{suffix}"] = b.expand(n, *b.shape).clone()
 
+    # bf16: the float32 weights are cast on the way in (autocast does not reach inside vmap).
+    dtypes = {name: p.dtype for name, p in params.items()}
+    act = torch.bfloat16 if precision == "bf16" else torch.float32
+
+    def run(tp: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
+        weights = {k: v.to(dtypes[k]) for k, v in tp.items()}
+        return functional_call(runner, {**weights, **bufs}, (x.to(act), start))
+
     def loss_fn(
         tp: dict[str, torch.Tensor],
         bufs: dict[str, torch.Tensor],
@@ -382,12 +372,15 @@ def _run_chunk(
         collect: dict[str, torch.Tensor] = {}
         set_bn_state(runner, engine.bn_layer, {**static_flags, **flags}, collect)
         try:
-            logits = functional_call(runner, {**tp, **bufs}, (x, start))
+            logits = run(tp, bufs, x)
         finally:
             set_bn_state(runner, engine.bn_layer, {}, None)
-        return F.cross_entropy(logits, y), collect
+        return F.cross_entropy(logits.float(), y), collect
 
-    step_fn = vmap(grad_and_value(loss_fn, has_aux=True), in_dims=(0, 0, 0, 0, 0))
+    single = grad_and_value(loss_fn, has_aux=True)
+    pixels = q_in.shape[-1] * q_in.shape[-2] if q_in.ndim == 5 else 0
+    loop = loop_replicas(engine.vectorize, dev, [params[name] for name in trained], pixels)
+    step_fn = per_replica(single) if loop else vmap(single, in_dims=(0, 0, 0, 0, 0))
 
     batches = torch.stack([p.batches for p in plans]).to(dev)  # (n, steps, batch)
     n_steps = batches.shape[1]
@@ -408,7 +401,9 @@ def _run_chunk(
                 [augment(s_img[ep[r]][b_idx[r]], aug, plans[r].generator) for r in range(n)]
             )
             if start:
-                x = _run_prefix(runner, x.flatten(0, 1), start).unflatten(0, (n, width))
+                x = frozen_prefix_output(runner, x.flatten(0, 1), start, precision).unflatten(
+                    0, (n, width)
+                )
         else:
             assert s_in is not None
             x = s_in[ep.unsqueeze(1), b_idx]
@@ -421,25 +416,13 @@ def _run_chunk(
             bar.set_postfix_str(f"chunk of {n}: step {step + 1}/{n_steps}")
 
     with torch.no_grad():
-        eval_fn = vmap(
-            lambda tp, bufs, x: functional_call(runner, {**tp, **bufs}, (x, start)),
-            in_dims=(0, 0, 0),
-        )
-        logits = eval_fn(tp, bufs, q_in[ep]).float()
+        forward = per_replica(run) if loop else vmap(run, in_dims=(0, 0, 0))
+        logits = forward(tp, bufs, q_in[ep]).float()
     diverged = ~alive | ~torch.isfinite(logits).flatten(1).all(1)
     logits = torch.where(
         view_as_replicas(diverged, logits), torch.full_like(logits, float("nan")), logits
     )
     return logits, diverged
-
-
-def _inputs(runner: _Runner, images: torch.Tensor, start: int) -> torch.Tensor:
-    """Normalised images (E, M, ...) of a chunk's episodes, through the frozen prefix if any."""
-    e, m = images.shape[:2]
-    x = normalize(images.flatten(0, 1))
-    if start:
-        x = _run_prefix(runner, x, start)
-    return x.unflatten(0, (e, m))
 
 
 __all__ = ["BatchedResult", "Replica", "finetune_batched"]

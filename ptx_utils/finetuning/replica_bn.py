@@ -3,6 +3,7 @@
 In ``bn_mode="train"`` the engine's private copy of the backbone gets batch-norm modules whose
 forward returns the new running statistics (collected by name) instead of writing them in place,
 which ``vmap`` / ``grad`` cannot do. A per-replica flag chooses batch or running statistics.
+Under bf16 autocast every batch norm is one of these: statistics stay float32, activations bf16.
 """
 
 from __future__ import annotations
@@ -33,18 +34,35 @@ class _ReplicaBatchNorm:
         bn: Any = self
         flag = bn._ptx_flag
 
+        mixed = x.dtype != bn.running_mean.dtype  # bf16 activations, float32 statistics
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+
+        def affine(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+            """Normalise bf16 ``x`` with coefficients computed in float32."""
+            scale = bn.weight * torch.rsqrt(var + bn.eps)
+            shift = bn.bias - mean * scale
+            return x * scale.to(x.dtype).view(shape) + shift.to(x.dtype).view(shape)
+
         def eval_out() -> torch.Tensor:
+            if mixed:
+                return affine(bn.running_mean, bn.running_var)
             return F.batch_norm(
                 x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
             )
 
         if flag is False:
             return eval_out()
-        out = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
         dims = [0, *range(2, x.ndim)]
-        xd = x.detach()
-        mean = xd.mean(dims)
-        var = xd.var(dims, correction=1)
+        if mixed:
+            biased, batch_mean = torch.var_mean(x.float(), dims, correction=0)
+            out = affine(batch_mean, biased)
+            count = x.numel() // x.shape[1]
+            mean, var = batch_mean.detach(), biased.detach() * (count / max(count - 1, 1))
+        else:
+            out = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+            xd = x.detach()
+            mean = xd.mean(dims)
+            var = xd.var(dims, correction=1)
         tracked = bn.num_batches_tracked + 1
         factor: Any = bn.momentum if bn.momentum is not None else 1.0 / tracked.double()
         new_mean = bn.running_mean * (1 - factor) + mean * factor

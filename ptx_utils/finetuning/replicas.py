@@ -77,6 +77,31 @@ def place_episodes(
     return model, tensors
 
 
+def check_episode_tensors(
+    episode_index: Sequence[int],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+) -> None:
+    """Refuse episode tensors of the wrong shapes, or replica episode indices out of range."""
+    if support_images.ndim != 5 or query_images.ndim != 5 or support_labels.ndim != 2:
+        raise ValueError(
+            "expected stacked episodes: support_images (E, N, C, H, W), support_labels (E, N), "
+            f"query_images (E, Q, C, H, W); got {tuple(support_images.shape)}, "
+            f"{tuple(support_labels.shape)}, {tuple(query_images.shape)}"
+        )
+    n_ep = support_images.shape[0]
+    if support_labels.shape != support_images.shape[:2] or query_images.shape[0] != n_ep:
+        raise ValueError(
+            f"episode tensors disagree: support_images {tuple(support_images.shape)}, "
+            f"support_labels {tuple(support_labels.shape)}, query_images "
+            f"{tuple(query_images.shape)}"
+        )
+    bad = [e for e in episode_index if not 0 <= e < n_ep]
+    if bad:
+        raise ValueError(f"replica episode indices {bad[:5]} out of range for {n_ep} episodes")
+
+
 def replica_accuracies(
     model: Backbone,
     strategies: Sequence[Strategy | Scheme],
@@ -89,6 +114,7 @@ def replica_accuracies(
     chunk_size: int | None = None,
     progress: bool = True,
     desc: str = "fine-tuning",
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune replica i = (``strategies[i]``, episode ``episode_index[i]``, ``seeds[i]``), score.
 
@@ -97,6 +123,7 @@ def replica_accuracies(
         episode_tensors: stacked episodes (support_images uint8 (E, N, C, H, W), support_labels
             int64 (E, N), query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q)).
         engine: ``"sequential"`` (the reference, one replica at a time) or ``"batched"``.
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`ptx_utils.core.device`).
 
     Returns:
         accuracy float64 (R,): fraction of the replica's queries right, NaN when it diverged;
@@ -123,6 +150,7 @@ def replica_accuracies(
                 n_way,
                 cfg,
                 seed=s,
+                precision=precision,
             )
             logits_list.append(result.logits.to(dev))
             diverged_list.append(result.diverged)
@@ -150,6 +178,7 @@ def replica_accuracies(
             chunk_size=chunk_size,
             progress=progress,
             desc=desc,
+            precision=precision,
         )
         logits = result.logits.to(dev)
         diverged = torch.as_tensor(result.diverged, dtype=torch.bool, device=dev)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ptx_utils.core.device import autocast, memory_format, resolve_precision, to_layout
 from ptx_utils.data.augment import Augmentation, augment, normalize
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
@@ -41,6 +42,7 @@ def finetune_sequential(
     n_way: int,
     cfg: FinetuneConfig = FinetuneConfig(),  # noqa: B008  (frozen dataclass)
     seed: int = 0,
+    precision: str = "fp32",
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` and a new head on one support set; score the queries.
 
@@ -50,6 +52,7 @@ def finetune_sequential(
         support_images: uint8 (N, C, H, W); support_labels: int64 (N,) in [0, n_way).
         query_images: uint8 (Q, C, H, W).
         seed: the replica's seed (head initialisation, batch order, augmentation).
+        precision: ``"fp32"``, ``"bf16"`` (bf16 autocast + channels-last) or ``"auto"``.
 
     Returns:
         :class:`FinetuneResult` with float32 logits (Q, n_way).
@@ -58,7 +61,8 @@ def finetune_sequential(
     cfg = strategy.protocol(cfg)
     scheme = strategy.scheme
     device = next(backbone.parameters()).device
-    model = copy.deepcopy(backbone)
+    precision = resolve_precision(precision, device)
+    model = copy.deepcopy(backbone).to(memory_format=memory_format(precision))
     for p in model.parameters():
         p.requires_grad_(False)
     groups = trainable_groups(model, scheme)
@@ -85,7 +89,9 @@ def finetune_sequential(
     for row in plan.batches:
         idx = row[row >= 0].to(device)
         x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
-        loss = F.cross_entropy(head(model(x)), y_all[idx])
+        with autocast(device, precision):
+            feats = model(to_layout(x, precision))
+        loss = F.cross_entropy(head(feats.float()), y_all[idx])  # the head in float32
         if not torch.isfinite(loss):
             nan = torch.full((len(query_images), n_way), float("nan"), device=device)
             return FinetuneResult(nan, diverged=True)
@@ -94,7 +100,9 @@ def finetune_sequential(
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        logits = head(model(normalize(query_images.to(device)))).float()
+        with autocast(device, precision):
+            feats = model(to_layout(normalize(query_images.to(device)), precision))
+        logits = head(feats.float())
     if not bool(torch.isfinite(logits).all()):
         return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
     return FinetuneResult(logits, diverged=False)

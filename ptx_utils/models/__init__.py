@@ -1,4 +1,4 @@
-"""Model zoo: backbones by name and classifier heads.
+"""Backbones by name and classifier heads; checkpoints and the zoo of pre-trained backbones.
 
 ``create_backbone("resnet12", in_channels=3, image_size=84, granularity="conv")`` builds a
 :class:`Backbone` mapping float (B, C, S, S) to (B, out_dim) whose parameters are grouped into

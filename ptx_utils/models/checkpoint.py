@@ -83,6 +83,16 @@ def join_checkpoint(path: str | Path) -> Path:
         if hashlib.sha256(path.read_bytes()).hexdigest() == manifest["sha256"]:
             return path
         raise CheckpointError(f"{path} exists and differs from its parts; move it away to join")
+    data = read_parts(path)
+    return atomic_save(path, lambda f: f.write(data))
+
+
+def read_parts(path: str | Path) -> bytes:
+    """The bytes of checkpoint ``path`` reassembled in memory from the parts its manifest lists,
+    every part's size and SHA-256 and the whole's checked; a missing or damaged part is named."""
+    path = Path(path)
+    manifest_path = _parts_manifest(path)
+    manifest = json.loads(manifest_path.read_text())
     chunks = []
     for record in manifest["parts"]:
         part = path.with_name(record["name"])
@@ -97,7 +107,7 @@ def join_checkpoint(path: str | Path) -> Path:
     data = b"".join(chunks)
     if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
         raise CheckpointError(f"the parts of {path} do not reassemble to the recorded SHA-256")
-    return atomic_save(path, lambda f: f.write(data))
+    return data
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -134,7 +144,19 @@ def load_backbone(
     When ``backbone``, ``image_size`` or ``in_channels`` are given they must match what the
     checkpoint was trained for; otherwise the checkpoint is refused with a message saying so.
     """
-    ckpt = load_checkpoint(path, map_location)
+    return backbone_from_checkpoint(
+        load_checkpoint(path, map_location), str(path), backbone, image_size, in_channels
+    )
+
+
+def backbone_from_checkpoint(
+    ckpt: dict[str, Any],
+    label: str,
+    backbone: str | None = None,
+    image_size: int | None = None,
+    in_channels: int | None = None,
+) -> tuple[Backbone, dict[str, Any]]:
+    """The backbone of a checkpoint already read (``label`` names it in errors), and its meta."""
     meta = ckpt["meta"]
     config = dict(meta["backbone"])
     expected = {"name": backbone, "image_size": image_size, "in_channels": in_channels}
@@ -143,7 +165,7 @@ def load_backbone(
         asked = ", ".join(f"{k}={v}" for k, v in wrong.items())
         had = ", ".join(f"{k}={config.get(k)}" for k in wrong)
         raise CheckpointError(
-            f"checkpoint {path} was trained with {had}, but {asked} was asked for; use a "
+            f"checkpoint {label} was trained with {had}, but {asked} was asked for; use a "
             "checkpoint pre-trained with these settings or pre-train again"
         )
     model = create_backbone(**config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ptx_utils.core.device import autocast, to_layout
 from ptx_utils.data.augment import normalize
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import Episodes
@@ -22,18 +23,20 @@ def extract_features(
     images: torch.Tensor,
     device: torch.device,
     batch_size: int = 256,
-    channels_last: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Features of uint8 images (N, C, H, W) in eval mode: float32 (N, D) on ``device``."""
+    """Features of uint8 images (N, C, H, W) in eval mode: float32 (N, D) on ``device``.
+
+    ``precision`` (resolved: ``"fp32"`` or ``"bf16"``) sets autocast and memory layout.
+    """
     was_training = backbone.training
     backbone.eval()
     out = []
     try:
         for start in range(0, images.shape[0], batch_size):
             x = normalize(images[start : start + batch_size].to(device, non_blocking=True))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(backbone(x).float())
+            with autocast(torch.device(device), precision):
+                out.append(backbone(to_layout(x, precision)).float())
     finally:
         backbone.train(was_training)
     return torch.cat(out) if out else torch.empty(0, device=device)
@@ -62,13 +65,15 @@ def nearest_centroid_accuracy(
     device: torch.device,
     metric: str = "euclidean",
     batch_size: int = 256,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Per-episode query accuracy of nearest-centroid classification: float64 (E,).
 
     Each image the episodes use is embedded once, whatever the number of episodes using it.
     """
     used = np.unique(np.concatenate([episodes.support.ravel(), episodes.query.ravel()]))
-    feats = extract_features(backbone, dataset.images[torch.from_numpy(used)], device, batch_size)
+    images = dataset.images[torch.from_numpy(used)]
+    feats = extract_features(backbone, images, device, batch_size, precision)
 
     def pos(idx: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.searchsorted(used, idx)).to(device)

@@ -28,9 +28,14 @@ def search_figure(
     by_method = len(set(methods)) == len(methods)
     for i, (label, result) in enumerate(results.items()):
         color = SEARCH_COLORS[result.config.method] if by_method else OKABE_ITO[i % len(OKABE_ITO)]
-        fitness = [c.fitness for c in result.candidates]
+        fitness = np.array([c.fitness for c in result.candidates])
+        raced = np.array([c.raced_out for c in result.candidates], dtype=bool)
+        n = np.arange(1, len(fitness) + 1)
         curve = result.best_so_far()
-        ax.scatter(range(1, len(fitness) + 1), fitness, s=9, alpha=0.35, color=color, lw=0)
+        ax.scatter(n[~raced], fitness[~raced], s=9, alpha=0.35, color=color, lw=0)
+        if raced.any():  # partial fitness of raced-out candidates: hollow
+            ax.scatter(n[raced], fitness[raced], s=9, alpha=0.5, facecolors="none",
+                       edgecolors=color, lw=0.6)  # fmt: skip
         best = f" (best {curve['best_fitness'].iloc[-1]:.3f})" if len(curve) else ""
         ax.step(
             curve["n_evaluated"],
@@ -42,7 +47,7 @@ def search_figure(
     ax.set(
         xlabel="candidates evaluated",
         ylabel="validation accuracy",
-        title=title or "search: every candidate (dots) and best so far (line)",
+        title=title or "search: every candidate (dots; hollow: raced out) and best so far",
     )
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

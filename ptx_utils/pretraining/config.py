@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ptx_utils.core.checks import refuse_unknown
+from ptx_utils.core.device import PRECISIONS
 
 METHODS = ("baseline", "baseline++", "protonet")
+#: Settings of older checkpoints that ``precision`` replaced (ignored when read back).
+RETIRED = ("amp", "channels_last")
 
 
 @dataclass
@@ -25,7 +28,9 @@ class PretrainConfig:
         val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
             the nearest-centroid metric that scores each epoch.
         seed: the one seed of the run (initialisation, batch order, augmentation, episodes).
-        device: ``auto``, ``cpu`` or ``cuda[:i]``; amp / channels_last apply on CUDA only.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        precision: ``auto``, ``fp32`` or ``bf16`` (bf16 autocast + channels-last;
+            :func:`~ptx_utils.core.device.resolve_precision`).
     """
 
     method: str = "baseline++"
@@ -50,8 +55,7 @@ class PretrainConfig:
     val_metric: str = "euclidean"
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,10 +64,13 @@ class PretrainConfig:
             raise ValueError(
                 f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}"
             )
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
         """Build from a dict, refusing unknown keys with the list of known ones."""
+        values = {k: v for k, v in values.items() if k not in RETIRED}
         refuse_unknown(values, (f.name for f in fields(cls)), "pre-training parameter")
         return cls(**values)
 

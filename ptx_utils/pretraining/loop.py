@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ptx_utils.core.device import autocast, resolve_device
+from ptx_utils.core.device import (
+    autocast,
+    memory_format,
+    precision_record,
+    resolve_device,
+    resolve_precision,
+    to_layout,
+)
 from ptx_utils.core.io import atomic_save
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.stats import mean_ci95
@@ -30,7 +37,7 @@ from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
-from ptx_utils.pretraining.config import PretrainConfig, PretrainResult
+from ptx_utils.pretraining.config import RETIRED, PretrainConfig, PretrainResult
 
 
 class _Trainer:
@@ -40,6 +47,7 @@ class _Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
+        self.precision = resolve_precision(cfg.precision, self.device)
         kind = {"baseline": "linear", "baseline++": "cosine", "protonet": None}[cfg.method]
         with torch.random.fork_rng(devices=[]):  # seeded initial weights; global state untouched
             torch.manual_seed(cfg.seed)
@@ -52,9 +60,7 @@ class _Trainer:
             self.head = (
                 create_head(kind, self.backbone.out_dim, train.num_classes) if kind else None
             )
-        self.backbone.to(self.device)
-        if self.cuda and cfg.channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
+        self.backbone.to(self.device, memory_format=memory_format(self.precision))
         if self.head is not None:
             self.head.to(self.device)
         params = list(self.backbone.parameters())
@@ -73,7 +79,7 @@ class _Trainer:
     def _input(self, idx: torch.Tensor) -> torch.Tensor:
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
         x = augment(images, self.aug, self.gen) if self.aug.enabled else normalize(images)
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        return to_layout(x, self.precision)
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -89,7 +95,7 @@ class _Trainer:
         for start in tqdm(batches, desc="batches", leave=False):
             idx = order[start : start + self.cfg.batch_size]
             y = self.labels[idx.to(self.labels.device)].to(self.device)
-            with autocast(self.device, self.cfg.amp):
+            with autocast(self.device, self.precision):
                 logits = self.head(self.backbone(self._input(idx)))
                 loss = F.cross_entropy(logits.float(), y)
             self._step(loss)
@@ -114,7 +120,7 @@ class _Trainer:
             idx = torch.from_numpy(
                 np.concatenate([episodes.support[i].ravel(), episodes.query[i].ravel()])
             )
-            with autocast(self.device, c.amp):
+            with autocast(self.device, self.precision):
                 feats = self.backbone(self._input(idx)).float()
             support = feats[: c.train_way * c.train_shot].reshape(1, c.train_way, c.train_shot, -1)
             logits = centroid_logits(support, feats[None, c.train_way * c.train_shot :])[0]
@@ -158,13 +164,18 @@ def _meta(
             "classes": train.class_names,
             "fingerprint": train.fingerprint(),
         },
-        "provenance": provenance(seed=cfg.seed, device=str(trainer.device)),
+        "provenance": provenance(
+            seed=cfg.seed,
+            device=str(trainer.device),
+            **precision_record(cfg.precision, trainer.device),
+        ),
     }
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match to resume (the epoch count may grow)."""
-    return {k: v for k, v in config.items() if k not in ("epochs", "device")}
+    skip = ("epochs", "device", "precision", *RETIRED)
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
@@ -226,8 +237,9 @@ def pretrain(
         else:
             loss, train_acc = trainer.classification_epoch()
         acc = nearest_centroid_accuracy(
-            trainer.backbone, val, val_episodes, trainer.device, cfg.val_metric
-        )
+            trainer.backbone, val, val_episodes, trainer.device, cfg.val_metric,
+            precision=trainer.precision,
+        )  # fmt: skip
         val_acc, val_ci = mean_ci95(acc)
         row = {
             "epoch": epoch + 1,

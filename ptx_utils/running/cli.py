@@ -5,6 +5,7 @@ ptx run --preset {smoke,demo,paper} [--dataset NAME] [--backbone NAME] [--run-di
 ptx run --resume RUN_DIR [-p data_root=DIR] [-p device=...]
 ptx data check NAME [--root DIR] [--image-size N] [-o KEY=VALUE ...]
 ptx data list
+ptx zoo list | ptx zoo show NAME
 """
 
 from __future__ import annotations
@@ -72,7 +73,34 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="dataset option, e.g. shift=0.5",
     )
+    zoo = sub.add_parser("zoo", help="pre-trained backbones shipped with the kit").add_subparsers(
+        dest="zoo_command", required=True
+    )
+    zoo.add_parser("list", help="list the zoo's entries (use one with -p pretrained=NAME)")
+    show = zoo.add_parser("show", help="an entry's record: command, data, licence, numbers")
+    show.add_argument("name")
     return parser
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    import json
+
+    from ptx_utils.models.zoo import list_pretrained, zoo_record
+
+    if args.zoo_command == "show":
+        try:
+            print(json.dumps(zoo_record(args.name), indent=2, sort_keys=True))
+        except KeyError as exc:
+            print(f"ptx zoo show: {exc.args[0]}", file=sys.stderr)
+            return 2
+        return 0
+    for name in list_pretrained():
+        r = zoo_record(name)
+        print(
+            f"{name:<34}{r['backbone']['name']} {r['config']['method']} on {r['dataset']}, "
+            f"{r['epochs_trained']} epochs (best {r['best_epoch']}, val {r['best_val']:.3f})"
+        )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -125,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "zoo":
+        return _zoo(args)
     return _data(args)
 
 

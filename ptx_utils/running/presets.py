@@ -20,6 +20,8 @@ _COMMON: dict[str, Any] = {
     "n_query": 15,
     "seed": 0,
     "device": "auto",
+    "precision": "auto",
+    "pretrained": None,
     "shift_levels": [0.0, 0.5, 1.0],
     "cross_domain": [],
     "search_methods": ["evolution", "random"],
@@ -49,9 +51,10 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
 # Search settings per preset: keys of ptx_utils.search.SearchConfig (merged like ``pretrain``).
 # The paper: population 20, 20 generations, top-10 parents. On a 2-core CPU one 5-way 1-shot
 # candidate costs ~4.5 s with 10 episodes and 50 passes (Conv4, 32x32), so demo is far smaller.
+# smoke and demo race (docs/search.md#racing); paper scores every candidate in full, as the paper.
 _SEARCH: dict[str, dict[str, Any]] = {
-    "smoke": {"population": 4, "generations": 3, "top_k": 2},
-    "demo": {"population": 8, "generations": 3, "top_k": 4},
+    "smoke": {"population": 4, "generations": 3, "top_k": 2, "racing": True},
+    "demo": {"population": 8, "generations": 3, "top_k": 4, "racing": True},
     "paper": {"population": 20, "generations": 20, "top_k": 10},
 }
 

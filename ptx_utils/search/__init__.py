@@ -6,7 +6,7 @@ Modules, in data-flow order (``docs/search.md`` describes the algorithm):
 - :mod:`~ptx_utils.search.space` — :class:`SearchSpace`: the feasible schemes of an lr zoo.
 - :mod:`~ptx_utils.search.result` — :class:`Candidate`, :class:`SearchResult`, ``state.json``.
 - :mod:`~ptx_utils.search.operators` — random draws, mutation, crossover: :func:`propose`.
-- :mod:`~ptx_utils.search.fitness` — :class:`EpisodeFitness`: accuracy after fine-tuning.
+- :mod:`~ptx_utils.search.fitness` — :class:`EpisodeFitness`; ``racing`` — :func:`race`.
 - :mod:`~ptx_utils.search.loop` — the verbs :func:`evolve` and :func:`search`.
 """
 

@@ -9,6 +9,8 @@ from typing import Any
 from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, DEFAULT_LR_ZOO, PARAM_KINDS, check_lr_zoo
 
 SEARCH_METHODS = ("evolution", "random")
+#: The racing settings (left out of :meth:`SearchConfig.to_dict` while off and at their defaults).
+RACING_KEYS = ("racing", "race_episodes", "race_z")
 
 
 class SearchError(RuntimeError):
@@ -33,6 +35,10 @@ class SearchConfig:
         min_trainable_layers, max_trainable_layers: a constraint on how many layers train
             (None: no upper bound).
         seed: seeds the search's draws and the fine-tuning replicas.
+        racing: score a new candidate on ``race_episodes`` validation episodes at a time and
+            stop when it cannot reach the current top-k (:mod:`ptx_utils.search.racing`).
+        race_episodes: episodes per racing stage (the first stage and every later one).
+        race_z: the racing bound's width in standard errors (1.64: one-sided 95 %).
     """
 
     method: str = "evolution"
@@ -47,6 +53,9 @@ class SearchConfig:
     min_trainable_layers: int = 0
     max_trainable_layers: int | None = None
     seed: int = 0
+    racing: bool = False
+    race_episodes: int = 2
+    race_z: float = 1.64
 
     def __post_init__(self) -> None:
         zoo = tuple(float(x) for x in self.lr_zoo)
@@ -73,6 +82,10 @@ class SearchConfig:
             problems.append(
                 f"need 0 <= min_trainable_layers <= max_trainable_layers, got {low}, {high}"
             )
+        if self.race_episodes < 1 or self.race_z < 0:
+            problems.append(
+                f"need race_episodes >= 1 and race_z >= 0, got {self.race_episodes}, {self.race_z}"
+            )
         if problems:
             raise ValueError("invalid SearchConfig: " + "; ".join(problems))
 
@@ -85,6 +98,10 @@ class SearchConfig:
         """JSON-ready form; :meth:`from_dict` inverts it."""
         out = asdict(self)
         out["lr_zoo"] = list(self.lr_zoo)
+        if not self.racing:  # states written before racing existed read back unchanged
+            for key in RACING_KEYS:
+                if out[key] == getattr(SearchConfig, key):
+                    del out[key]
         return out
 
     @classmethod

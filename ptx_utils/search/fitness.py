@@ -79,6 +79,9 @@ class EpisodeFitness:
             "n_episodes": len(episodes),
             "finetune": asdict(self.finetune),
         }
+        self.precision = self.runtime.torch_precision()
+        if self.precision != "fp32":  # only then, so the identity of earlier searches is unchanged
+            self._identity["precision"] = self.precision
         if base is not None:  # only then, so the identity of earlier searches is unchanged
             self._identity["base_strategy"] = {
                 k: v for k, v in base.to_dict().items() if k not in ("scheme", "name")
@@ -111,5 +114,6 @@ class EpisodeFitness:
             chunk_size=self.runtime.chunk_size,
             progress=self.runtime.progress,
             desc=desc,
+            precision=self.precision,
         )
         return accuracy.reshape(len(schemes), len(index))

@@ -27,6 +27,7 @@ from ptx_utils.models import Backbone
 from ptx_utils.search.config import SearchConfig, SearchError
 from ptx_utils.search.fitness import EpisodeFitness, FitnessFn, fitness_of
 from ptx_utils.search.operators import diversity, propose
+from ptx_utils.search.racing import race
 from ptx_utils.search.result import (
     CURVE_COLUMNS,
     STATE_FILE,
@@ -140,16 +141,19 @@ def evolve(
             break
         schemes = [space.scheme(lrs) for lrs, _ in proposals]
         start = time.perf_counter()
-        accuracies = np.asarray(
-            fitness(schemes, desc=f"generation {g + 1}/{config.generations}"), dtype=np.float64
-        )
+        desc = f"generation {g + 1}/{config.generations}"
+        if config.racing:
+            rows, raced = race(fitness, schemes, result.candidates, config, desc)
+        else:
+            accuracies = np.asarray(fitness(schemes, desc=desc), dtype=np.float64)
+            if accuracies.ndim != 2 or accuracies.shape[0] != len(schemes):
+                raise SearchError(
+                    f"the fitness returned an array of shape {accuracies.shape}; expected "
+                    f"({len(schemes)}, n_episodes)"
+                )
+            rows, raced = list(accuracies), np.zeros(len(schemes), dtype=bool)
         seconds = time.perf_counter() - start
-        if accuracies.ndim != 2 or accuracies.shape[0] != len(schemes):
-            raise SearchError(
-                f"the fitness returned an array of shape {accuracies.shape}; expected "
-                f"({len(schemes)}, n_episodes)"
-            )
-        scores = fitness_of(accuracies)
+        scores = np.array([fitness_of(row[None])[0] for row in rows])
         first = len(result.candidates)
         new = tuple(
             Candidate(
@@ -158,8 +162,9 @@ def evolve(
                 origin=origin,
                 scheme=scheme,
                 fitness=float(scores[i]),
-                accuracies=tuple(float(a) for a in accuracies[i]),
+                accuracies=tuple(float(a) for a in rows[i]),
                 seconds=seconds / len(schemes),
+                raced_out=bool(raced[i]),
             )
             for i, ((_, origin), scheme) in enumerate(zip(proposals, schemes, strict=True))
         )

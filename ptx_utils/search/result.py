@@ -33,6 +33,8 @@ HISTORY_COLUMNS = (
     "fitness",
     "n_diverged",
     "diverged",
+    "n_episodes",
+    "raced_out",
     "rank",
     "seconds",
 )
@@ -63,9 +65,12 @@ class Candidate:
         origin: ``"random"``, ``"mutation"`` or ``"crossover"``.
         scheme: the scheme.
         fitness: mean validation accuracy, episodes where it diverged scoring 0.
-        accuracies: per validation episode, NaN where it diverged.
+        accuracies: per validation episode, NaN where it diverged; a raced-out candidate has
+            only its first ``len(accuracies)`` episodes.
         seconds: its share of its generation's fitness-evaluation time (not compared: two
             candidates are equal when everything but their timing is).
+        raced_out: stopped early by racing; its fitness is partial and it ranks after every
+            fully scored candidate (never a parent, never the best).
     """
 
     index: int
@@ -75,6 +80,7 @@ class Candidate:
     fitness: float
     accuracies: tuple[float, ...]
     seconds: float = field(default=0.0, compare=False)
+    raced_out: bool = False
 
     def __post_init__(self) -> None:
         if self.origin not in ORIGINS:
@@ -93,6 +99,7 @@ class Candidate:
             "fitness": self.fitness,
             "accuracies": _nan_to_none(self.accuracies),
             "seconds": self.seconds,
+            **({"raced_out": True} if self.raced_out else {}),
         }
 
     @classmethod
@@ -105,12 +112,18 @@ class Candidate:
             fitness=float(data["fitness"]),
             accuracies=tuple(math.nan if a is None else float(a) for a in data["accuracies"]),
             seconds=float(data["seconds"]),
+            raced_out=bool(data.get("raced_out", False)),
         )
 
 
+def rank_score(candidate: Candidate) -> float:
+    """What ranks candidates: the fitness, minus 2 for a raced-out one (after all others)."""
+    return candidate.fitness - 2.0 * candidate.raced_out
+
+
 def ranked(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Best first: by fitness, ties broken by evaluation order."""
-    return sorted(candidates, key=lambda c: (-c.fitness, c.index))
+    """Best first: fully scored before raced-out, then by fitness, ties by evaluation order."""
+    return sorted(candidates, key=lambda c: (-rank_score(c), c.index))
 
 
 @dataclass(frozen=True)
@@ -184,11 +197,11 @@ class SearchResult:
         found = [c for c in self.candidates if c.scheme == scheme]
         if not found:
             return None
-        return 1 + sum(c.fitness > found[0].fitness for c in self.candidates)
+        return 1 + sum(rank_score(c) > rank_score(found[0]) for c in self.candidates)
 
     def history(self) -> pd.DataFrame:
         """Every evaluated candidate, one row each (:data:`HISTORY_COLUMNS`), evaluation order."""
-        fitness = np.array([c.fitness for c in self.candidates], dtype=np.float64)
+        fitness = np.array([rank_score(c) for c in self.candidates], dtype=np.float64)
         ordered = np.sort(fitness)
         ranks = 1 + len(fitness) - np.searchsorted(ordered, fitness, side="right")
         return pd.DataFrame(
@@ -203,6 +216,8 @@ class SearchResult:
                     "fitness": c.fitness,
                     "n_diverged": c.n_diverged,
                     "diverged": c.n_diverged > 0,
+                    "n_episodes": len(c.accuracies),
+                    "raced_out": c.raced_out,
                     "rank": int(rank),
                     "seconds": c.seconds,
                 }
@@ -213,7 +228,7 @@ class SearchResult:
 
     def best_so_far(self) -> pd.DataFrame:
         """Best fitness after each evaluated candidate: columns n_evaluated, best_fitness."""
-        fitness = np.array([c.fitness for c in self.candidates], dtype=np.float64)
+        fitness = np.array([rank_score(c) for c in self.candidates], dtype=np.float64)
         return pd.DataFrame(
             {
                 "n_evaluated": np.arange(1, len(fitness) + 1),

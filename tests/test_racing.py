@@ -1,0 +1,70 @@
+"""Racing search: deterministic, resumable, refusing other settings, same best on a clear task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ptx_utils.search import SearchConfig, SearchError, evolve
+
+LAYERS = ["l1", "l2", "l3", "l4"]
+ZOO = (0.0, 0.01, 0.1)
+
+
+class ToyFitness:
+    """Accuracy of a scheme on episode e: a fixed quality per scheme plus episode noise."""
+
+    n_episodes = 8
+
+    def __init__(self) -> None:
+        self.replicas = 0
+
+    def quality(self, lrs) -> float:
+        return 0.3 + 0.15 * sum(1 for lr in lrs[2:] if lr == 0.01) - 0.1 * (lrs[0] == 0.1)
+
+    def __call__(self, schemes, desc="", episodes=None):
+        index = list(range(self.n_episodes)) if episodes is None else list(episodes)
+        self.replicas += len(schemes) * len(index)
+        out = np.empty((len(schemes), len(index)))
+        for i, s in enumerate(schemes):
+            seed = abs(hash(tuple(s.lrs))) % 2**32
+            noise = np.random.default_rng(seed).normal(0, 0.05, self.n_episodes)
+            out[i] = np.clip(self.quality(s.lrs) + noise[index], 0, 1)
+        return out
+
+
+def _config(**kw) -> SearchConfig:
+    return SearchConfig(population=6, generations=4, top_k=3, lr_zoo=ZOO, **kw)
+
+
+def test_racing_saves_replicas_and_keeps_the_best() -> None:
+    full_fit, race_fit = ToyFitness(), ToyFitness()
+    full = evolve(full_fit, LAYERS, _config(), progress=False)
+    raced = evolve(race_fit, LAYERS, _config(racing=True, race_episodes=2), progress=False)
+    assert race_fit.replicas < full_fit.replicas
+    history = raced.history()
+    out = history[history["raced_out"]]
+    assert len(out) > 0 and (out["n_episodes"] < ToyFitness.n_episodes).all()
+    assert (history.loc[~history["raced_out"], "n_episodes"] == ToyFitness.n_episodes).all()
+    assert not raced.best.raced_out
+    assert raced.best.scheme == full.best.scheme
+    assert int(history["n_episodes"].sum()) == race_fit.replicas
+    # raced-out candidates rank after every fully scored one
+    assert out["rank"].min() > history.loc[~history["raced_out"], "rank"].max()
+
+
+def test_racing_is_deterministic_and_resumes_exactly(tmp_path) -> None:
+    once = evolve(ToyFitness(), LAYERS, _config(racing=True), tmp_path / "a", progress=False)
+    again = evolve(ToyFitness(), LAYERS, _config(racing=True), tmp_path / "b", progress=False)
+    assert once.candidates == again.candidates
+    first = SearchConfig(**{**_config(racing=True).to_dict(), "generations": 2, "lr_zoo": ZOO})
+    evolve(ToyFitness(), LAYERS, first, tmp_path / "c", progress=False)
+    resumed = evolve(ToyFitness(), LAYERS, _config(racing=True), tmp_path / "c", progress=False)
+    assert resumed.candidates == once.candidates
+    with pytest.raises(SearchError, match="racing"):
+        evolve(ToyFitness(), LAYERS, _config(), tmp_path / "c", progress=False)
+
+
+def test_racing_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="race_episodes"):
+        SearchConfig(racing=True, race_episodes=0)
