@@ -4,7 +4,10 @@
     python benchmarks/train_zoo.py publish conv4-baselinepp-mini-imagenet
 
 ``train`` pre-trains under ``runs/zoo/<name>`` (run it again after an interruption: it resumes
-from ``last.pt``; ``--until-epoch N`` stops after epoch N, ``--epochs N`` raises the target).
+from ``last.pt``; ``--until-epoch N`` stops after epoch N, ``--epochs N`` raises the target). A
+run continued across sessions keeps its state (``last.pt``, ``best.pt``, ``curves.csv``) committed
+in ``benchmarks/results/zoo_training/<name>/``: ``train`` starts from there when
+``runs/zoo/<name>`` holds none.
 ``publish`` copies the best epoch's backbone (no optimizer state) into
 ``ptx_utils/models/zoo_files/<name>/`` in parts of at most 16 MiB, with its curves, record and
 SHA-256, and enters it in the zoo's index (:mod:`ptx_utils.models.zoo`). ``evaluate`` scores a
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import warnings
 from dataclasses import asdict, replace
@@ -38,6 +42,9 @@ from ptx_utils.finetuning import FinetuneConfig, linear_probe
 from ptx_utils.models import zoo
 from ptx_utils.models.features import nearest_centroid_accuracy
 from ptx_utils.pretraining import PretrainConfig, pretrain
+
+#: Where a training continued across sessions keeps its resumable state (committed).
+COMMITTED_STATE = Path("benchmarks/results/zoo_training")
 
 #: name -> (dataset, base split, val split, novel split, config, licence note)
 RECIPES: dict[str, dict[str, Any]] = {
@@ -83,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, epochs=args.epochs)
     work = Path(args.work or f"runs/zoo/{args.name}")
     if args.action == "train":
+        saved = COMMITTED_STATE / args.name
+        if not (work / "last.pt").exists() and (saved / "last.pt").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            for name in ("last.pt", "best.pt", "curves.csv"):
+                shutil.copyfile(saved / name, work / name)
+            print(f"resuming from the committed state in {saved}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             base = load_dataset(recipe["dataset"], recipe["splits"]["base"], root=args.root)
