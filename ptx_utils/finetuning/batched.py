@@ -152,9 +152,8 @@ def finetune_batched(
         for protocol, members in protocols.items():
             engine = _prepare(
                 backbone, [replicas[i] for i in members], support_images, support_labels,
-                query_images, n_way, protocol, precision,
+                query_images, n_way, protocol, precision, vectorize,
             )  # fmt: skip
-            engine.vectorize = vectorize
             out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
             sel = torch.tensor(members, device=device)
             logits[sel] = out
@@ -216,6 +215,7 @@ def _prepare(
     n_way: int,
     cfg: FinetuneConfig,
     precision: str,
+    vectorize: str = "auto",
 ) -> _Engine:
     device = next(backbone.parameters()).device
 
@@ -280,6 +280,7 @@ def _prepare(
         query_images=query_images,
         layer_lrs=layer_lrs,
         precision=precision,
+        vectorize=vectorize,
         masters=masters,
     )
 
