@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,31 @@ def test_racing_is_deterministic_and_resumes_exactly(tmp_path) -> None:
 def test_racing_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="race_episodes"):
         SearchConfig(racing=True, race_episodes=0)
+
+
+def test_replay_of_a_full_search_matches_the_raced_search_where_they_share_candidates(
+    repo_root, tmp_path
+) -> None:
+    """``benchmarks/replay_racing.py`` runs the racing rule on a full search's stored accuracies;
+    until the first raced-out candidate changes the parents (generations 0 and 1), a raced search
+    evaluates the same candidates, so the replay must stop exactly the same ones."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "replay_racing", repo_root / "benchmarks/replay_racing.py"
+    )
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    full = evolve(ToyFitness(), LAYERS, _config(), tmp_path / "full", progress=False)
+    raced = evolve(ToyFitness(), LAYERS, _config(racing=True, race_episodes=2), progress=False)
+    shared = [c for c in full.candidates if c.generation <= 1]
+    assert [c.scheme for c in shared] == [c.scheme for c in raced.candidates[: len(shared)]]
+    early = replace(full, candidates=shared)
+    got = replay.replay(early, race_episodes=2, race_z=_config().race_z)
+    seen = sum(len(c.accuracies) for c in raced.candidates[: len(shared)])
+    assert got["share"] == seen / (len(shared) * ToyFitness.n_episodes) < 1
+    assert got["raced_out"] == sum(c.raced_out for c in raced.candidates[: len(shared)]) > 0
+    # the whole replay: a share in (0, 1]; a huge race_z stops nothing
+    assert 0 < replay.replay(full, 2, 1.64)["share"] <= 1
+    assert replay.replay(full, 2, 1e9) == {**replay.replay(full, 2, 1e9), "share": 1.0}
+    replay.main([str(tmp_path / "full"), "--race-episodes", "2", "--race-z", "1.64"])
