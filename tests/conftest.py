@@ -1,4 +1,10 @@
-"""Shared fixtures: a private decoded-image cache, small datasets, and the real-data switch."""
+"""Shared fixtures: a private decoded-image cache, small datasets, and the real-data switch.
+
+Under pytest-xdist (``make test`` runs ``pytest -n auto``) every worker, and every notebook
+kernel it starts, uses one torch thread: two workers of two threads each on a 2-core machine
+would wait on each other at every kernel call. The tests marked ``slow`` are spread over the
+workers' first shares (:func:`pytest_collection_modifyitems`).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported, and for the kernels
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from ptx_utils.data import FewShotDataset, load_dataset
 
@@ -15,6 +27,26 @@ DATA_ROOT = os.environ.get("PTX_DATA_ROOT")
 requires_data_root = pytest.mark.skipif(
     not DATA_ROOT, reason="PTX_DATA_ROOT is not set: real-data tests need the shared data folder"
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``slow`` tests first. Under ``-n N --dist worksteal`` (which hands worker i the i-th
+    of N equal contiguous parts of the collection, then lets idle workers steal from the tail of
+    busy ones) the slow tests are dealt round-robin to the heads of the N parts, so every worker
+    starts on its share of them; the other tests keep their order and fill the parts."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    fast = [item for item in items if not item.get_closest_marker("slow")]
+    parts: list[list[pytest.Item]] = [slow[i::workers] for i in range(workers)]
+    left = len(items)
+    for i, part in enumerate(parts):
+        size = left // (workers - i)  # what worksteal sends worker i first
+        take = max(0, size - len(part))
+        part.extend(fast[:take])
+        del fast[:take]
+        left -= len(part)
+    parts[-1].extend(fast)
+    items[:] = [item for part in parts for item in part]
 
 
 @pytest.fixture(autouse=True, scope="session")

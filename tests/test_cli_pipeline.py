@@ -58,6 +58,7 @@ def test_data_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 @requires_data_root
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_data_check_real_omniglot_and_mini_imagenet(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check", "omniglot", "--root", str(DATA_ROOT)]) == 0
     rows = _rows(capsys.readouterr().out)
