@@ -1,9 +1,9 @@
 """Shared fixtures: a private decoded-image cache, small datasets, and the real-data switch.
 
-Under pytest-xdist (``make test`` runs ``pytest -n auto``) every worker, and every notebook
-kernel it starts, uses one torch thread: two workers of two threads each on a 2-core machine
-would wait on each other at every kernel call. The tests marked ``slow`` are spread over the
-workers' first shares (:func:`pytest_collection_modifyitems`).
+Under pytest-xdist (``make test`` runs ``pytest -n auto --dist worksteal``) every worker, and
+every notebook kernel it starts, uses one torch thread: two workers of two threads each on a
+2-core machine would wait on each other at every kernel call. The tests marked ``slow`` are
+spread over the workers' first shares (:func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
