@@ -96,5 +96,5 @@ def test_replay_of_a_full_search_matches_the_raced_search_where_they_share_candi
     assert got["raced_out"] == sum(c.raced_out for c in raced.candidates[: len(shared)]) > 0
     # the whole replay: a share in (0, 1]; a huge race_z stops nothing
     assert 0 < replay.replay(full, 2, 1.64)["share"] <= 1
-    assert replay.replay(full, 2, 1e9) == {**replay.replay(full, 2, 1e9), "share": 1.0}
+    assert replay.replay(full, 2, 1e9)["share"] == 1.0
     replay.main([str(tmp_path / "full"), "--race-episodes", "2", "--race-z", "1.64"])
