@@ -2,7 +2,11 @@
 
 - :mod:`~ptx_utils.finetuning.scheme` — :class:`Scheme`, per-layer learning rates; the lr zoo.
 - :mod:`~ptx_utils.finetuning.strategy` — :class:`Strategy`, how to adapt to one episode.
-- :mod:`~ptx_utils.finetuning.fixed` — linear probe, full fine-tune, last-k, BN-affine.
+- :mod:`~ptx_utils.finetuning.fixed` — linear probe, full fine-tune, last-k, BN-affine, nearest
+  centroid, logistic regression; AdaBN and the channel importance transform as options.
+- :mod:`~ptx_utils.finetuning.closed_form` — nearest centroid and logistic regression fitted on
+  frozen features, batched over episodes; :mod:`~ptx_utils.finetuning.feature_transform` (CIT);
+  :mod:`~ptx_utils.finetuning.bn_stats` (AdaBN).
 - :mod:`~ptx_utils.finetuning.protocol` — :class:`FinetuneConfig` and the replica plan.
 - :mod:`~ptx_utils.finetuning.sequential` — the reference (``torch.optim.SGD``).
 - :mod:`~ptx_utils.finetuning.batched` — the vmapped engine (+ ``functional_sgd``,
@@ -11,7 +15,16 @@
 """
 
 from ptx_utils.finetuning.batched import BatchedResult, Replica, finetune_batched
-from ptx_utils.finetuning.fixed import bn_affine, full_finetune, last_k, linear_probe
+from ptx_utils.finetuning.fixed import (
+    bn_affine,
+    full_finetune,
+    last_k,
+    linear_probe,
+    logistic_regression,
+    nearest_centroid,
+    with_adabn,
+    with_channel_importance,
+)
 from ptx_utils.finetuning.protocol import FinetuneConfig, replica_plan
 from ptx_utils.finetuning.replicas import (
     ENGINES,
@@ -52,8 +65,12 @@ __all__ = [
     "full_finetune",
     "last_k",
     "linear_probe",
+    "logistic_regression",
+    "nearest_centroid",
     "place_episodes",
     "replica_accuracies",
     "replica_plan",
     "replica_seed",
+    "with_adabn",
+    "with_channel_importance",
 ]

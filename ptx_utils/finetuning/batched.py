@@ -5,7 +5,10 @@ Replica by replica it gives the query logits of
 replicas at once: weights stacked along a leading dimension, one step is
 ``vmap(grad(functional_call(...)))``, SGD written out functionally (``functional_sgd``). Frozen
 leading stages (the backbone's :meth:`~ptx_utils.models.Backbone.forward_stages`) run once per
-episode. How it works and what it saves: ``docs/engine.md``.
+episode. AdaBN strategies carry their episode's batch-norm statistics per replica;
+closed-form strategies (nearest centroid, logistic regression) extract every episode's frozen
+features in batches and fit all episodes at once. How it works and what it saves:
+``docs/engine.md``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from tqdm.auto import tqdm
 
 from ptx_utils.core.device import memory_format, resolve_precision
 from ptx_utils.data.augment import Augmentation, augment
+from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
 from ptx_utils.finetuning.chunking import auto_chunk_size
+from ptx_utils.finetuning.closed_form import closed_form_logits
 from ptx_utils.finetuning.functional_sgd import sgd_step, view_as_replicas
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
@@ -34,11 +39,12 @@ from ptx_utils.finetuning.protocol import (
 )
 from ptx_utils.finetuning.replica_bn import STAT_BUFFERS, make_replica_bn, set_bn_state
 from ptx_utils.finetuning.replicas import check_episode_tensors
-from ptx_utils.finetuning.runner import Runner, episode_inputs, frozen_prefix_output
+from ptx_utils.finetuning.runner import Runner, episode_inputs, grouped_prefix_output
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.finetuning.vectorize import VECTORIZE, loop_replicas, per_replica
 from ptx_utils.models import Backbone, create_head
+from ptx_utils.models.features import extract_features
 
 _BACKBONE = "backbone."
 _HEAD = "head."
@@ -72,6 +78,25 @@ class BatchedResult:
     diverged: torch.Tensor
 
 
+@dataclass(frozen=True)
+class _Variant:
+    """What, besides the protocol, replicas batched together must share."""
+
+    classifier: str | None  # a closed-form classifier, or None (trained by SGD)
+    transform: str
+    options: tuple[tuple[str, Any], ...]
+    bn_stats: str | None  # AdaBN's images ("support", "support+query"), or None
+
+    @classmethod
+    def of(cls, strategy: Strategy) -> _Variant:
+        return cls(
+            strategy.classifier if strategy.closed_form else None,
+            strategy.feature_transform,
+            strategy.transform_options,
+            strategy.bn_stats if strategy.adapts_bn else None,
+        )
+
+
 @dataclass
 class _Engine:
     """Everything shared by the chunks of one :func:`finetune_batched` call."""
@@ -91,6 +116,7 @@ class _Engine:
     precision: str = "fp32"
     vectorize: str = "auto"
     masters: dict[str, torch.Tensor] = field(default_factory=dict)  # float32 trained weights
+    episode_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # AdaBN
 
 
 def finetune_batched(
@@ -138,10 +164,13 @@ def finetune_batched(
     check_episode_tensors(
         [r.episode for r in replicas], support_images, support_labels, query_images
     )
-    # Replicas whose strategies resolve to the same protocol (head, BN mode) train together.
-    protocols: dict[FinetuneConfig, list[int]] = {}
+    # Replicas whose strategies resolve to the same protocol (head, BN mode) and variant
+    # (closed form, feature transform, AdaBN) run together.
+    protocols: dict[tuple[FinetuneConfig, _Variant], list[int]] = {}
     for i, r in enumerate(replicas):
-        protocols.setdefault(as_strategy(r.strategy).protocol(cfg), []).append(i)
+        strategy = as_strategy(r.strategy)
+        key = (strategy.protocol(cfg), _Variant.of(strategy))
+        protocols.setdefault(key, []).append(i)
     device = next(backbone.parameters()).device
     precision = resolve_precision(precision, device)
     n_rep, n_query = len(replicas), query_images.shape[1]
@@ -149,12 +178,19 @@ def finetune_batched(
     diverged = torch.zeros(n_rep, dtype=torch.bool, device=device)
     bar = tqdm(total=n_rep, desc=desc, unit="replica", disable=not progress)
     try:
-        for protocol, members in protocols.items():
-            engine = _prepare(
-                backbone, [replicas[i] for i in members], support_images, support_labels,
-                query_images, n_way, protocol, precision, vectorize,
-            )  # fmt: skip
-            out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
+        for (protocol, variant), members in protocols.items():
+            group = [replicas[i] for i in members]
+            if variant.classifier is not None:
+                out, div = _run_closed_form(
+                    backbone, group, support_images, support_labels, query_images, n_way,
+                    variant, precision, bar,
+                )  # fmt: skip
+            else:
+                engine = _prepare(
+                    backbone, group, support_images, support_labels, query_images, n_way,
+                    protocol, precision, vectorize, variant,
+                )  # fmt: skip
+                out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
             sel = torch.tensor(members, device=device)
             logits[sel] = out
             diverged[sel] = div
@@ -216,6 +252,7 @@ def _prepare(
     cfg: FinetuneConfig,
     precision: str,
     vectorize: str = "auto",
+    variant: _Variant = _Variant(None, "none", (), None),
 ) -> _Engine:
     device = next(backbone.parameters()).device
 
@@ -226,7 +263,12 @@ def _prepare(
     head = create_head(cfg.head, model.out_dim, n_way).to(device)
     for p in head.parameters():
         p.requires_grad_(False)
-    runner = Runner(model, head)
+    runner = Runner(model, head, (variant.transform, dict(variant.options)))
+    episode_stats = {}
+    if variant.bn_stats is not None:  # AdaBN, from the float32 copy (both engines alike)
+        for e in sorted({r.episode for r in replicas}):
+            images = statistics_images(support_images[e], query_images[e], variant.bn_stats)
+            episode_stats[e] = episode_statistics(model, images, precision)
     masters = {name: p.detach().clone() for name, p in runner.named_parameters()}
     if precision == "bf16":  # bf16 backbone; batch norm and the head stay float32
         model.to(torch.bfloat16)
@@ -282,6 +324,7 @@ def _prepare(
         precision=precision,
         vectorize=vectorize,
         masters=masters,
+        episode_stats=episode_stats,
     )
 
 
@@ -317,8 +360,9 @@ def _run_chunk(
     s_lab = engine.support_labels[ep_sel].to(dev)
     q_img = engine.query_images[ep_sel].to(dev)
     precision = engine.precision
-    s_in = None if cfg.augment else episode_inputs(runner, s_img, start, precision)
-    q_in = episode_inputs(runner, q_img, start, precision)
+    stats = [engine.episode_stats[e] for e in episodes] if engine.episode_stats else None
+    s_in = None if cfg.augment else episode_inputs(runner, s_img, start, precision, stats)
+    q_in = episode_inputs(runner, q_img, start, precision, stats)
 
     # Stacked trainable tensors: backbone parameters some replica trains, and the head.
     lr_of: dict[str, torch.Tensor] = {}
@@ -336,10 +380,17 @@ def _run_chunk(
         tp[_HEAD + "bias"] = torch.stack([p.head_bias for p in plans]).to(dev)
         lr_of[_HEAD + "bias"] = head_lr
 
+    # AdaBN: every replica's running statistics are its episode's.
+    bufs: dict[str, torch.Tensor] = {}
+    if stats is not None:
+        for name in stats[0]:
+            bufs[_BACKBONE + name] = torch.stack(
+                [engine.episode_stats[r.episode][name] for r in reps]
+            )
+
     # Batch norm in train mode: per-replica flags and running statistics.
     static_flags: dict[str, bool] = {}
     flags: dict[str, torch.Tensor] = {}
-    bufs: dict[str, torch.Tensor] = {}
     buffers = dict(runner.named_buffers())
     for bn, layer in engine.bn_layer.items():
         on = torch.tensor([engine.layer_lrs[i][layer] > 0 for i in idx], device=dev)
@@ -352,7 +403,7 @@ def _run_chunk(
         if bool(on.any()):
             for suffix in STAT_BUFFERS:
                 b = buffers.get(f"{bn}.{suffix}")
-                if b is not None:
+                if b is not None and f"{bn}.{suffix}" not in bufs:
                     bufs[f"{bn}.{suffix}"] = b.expand(n, *b.shape).clone()
 
     # bf16: the float32 weights are cast on the way in (autocast does not reach inside vmap).
@@ -401,10 +452,9 @@ def _run_chunk(
             x = torch.stack(
                 [augment(s_img[ep[r]][b_idx[r]], aug, plans[r].generator) for r in range(n)]
             )
-            if start:
-                x = frozen_prefix_output(runner, x.flatten(0, 1), start, precision).unflatten(
-                    0, (n, width)
-                )
+            if start:  # replica r's images with its episode's statistics (AdaBN)
+                per = [stats[int(ep[r])] for r in range(n)] if stats is not None else None
+                x = grouped_prefix_output(runner, x, start, precision, per)
         else:
             assert s_in is not None
             x = s_in[ep.unsqueeze(1), b_idx]
@@ -424,6 +474,85 @@ def _run_chunk(
         view_as_replicas(diverged, logits), torch.full_like(logits, float("nan")), logits
     )
     return logits, diverged
+
+
+# -- closed-form strategies ---------------------------------------------------------------------
+
+#: Episodes whose features a closed-form group holds at once.
+_CLOSED_FORM_EPISODES = 64
+
+
+def _run_closed_form(
+    backbone: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    variant: _Variant,
+    precision: str,
+    bar: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen features of every episode, one batched fit: logits (R, Q, n_way), diverged (R,)."""
+    assert variant.classifier is not None
+    device = next(backbone.parameters()).device
+    model = copy.deepcopy(backbone).to(memory_format=memory_format(precision)).eval()
+    episodes = sorted({r.episode for r in replicas})
+    per_episode: dict[int, torch.Tensor] = {}
+    for pos in range(0, len(episodes), _CLOSED_FORM_EPISODES):
+        chunk = episodes[pos : pos + _CLOSED_FORM_EPISODES]
+        s_feats, q_feats = _frozen_features(
+            model, chunk, support_images, query_images, variant.bn_stats, precision
+        )
+        labels = support_labels[torch.tensor(chunk, device=support_labels.device)].to(device)
+        out = closed_form_logits(
+            variant.classifier, s_feats, labels, q_feats, n_way, variant.transform,
+            dict(variant.options),
+        )  # fmt: skip
+        per_episode.update(zip(chunk, out, strict=True))
+        bar.set_postfix_str(f"{variant.classifier}: {pos + len(chunk)}/{len(episodes)} episodes")
+    logits = torch.stack([per_episode[r.episode] for r in replicas])
+    diverged = ~torch.isfinite(logits).flatten(1).all(1)
+    logits = torch.where(
+        view_as_replicas(diverged, logits), torch.full_like(logits, float("nan")), logits
+    )
+    bar.update(len(replicas))
+    return logits, diverged
+
+
+def _frozen_features(
+    model: Backbone,
+    episodes: list[int],
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    bn_stats: str | None,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support (E, N, D) and query (E, Q, D) float32 features of ``episodes``.
+
+    Without AdaBN every image goes through in batches of 256; with it, episode by episode, each
+    with its own statistics.
+    """
+    device = next(model.parameters()).device
+    sel = torch.tensor(episodes, device=support_images.device)
+    s_img, q_img = support_images[sel], query_images[sel]
+    e, n, q = len(episodes), s_img.shape[1], q_img.shape[1]
+    if bn_stats is None:
+        feats = extract_features(model, torch.cat([s_img.flatten(0, 1), q_img.flatten(0, 1)]),
+                                 device, precision=precision)  # fmt: skip
+        return feats[: e * n].unflatten(0, (e, n)), feats[e * n :].unflatten(0, (e, q))
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    s_out, q_out = [], []
+    try:
+        for s, qq in zip(s_img, q_img, strict=True):
+            load_statistics(model, episode_statistics(model, statistics_images(s, qq, bn_stats),
+                                                      precision))  # fmt: skip
+            feats = extract_features(model, torch.cat([s, qq]), device, precision=precision)
+            s_out.append(feats[:n])
+            q_out.append(feats[n:])
+    finally:
+        load_statistics(model, saved)
+    return torch.stack(s_out), torch.stack(q_out)
 
 
 __all__ = ["BatchedResult", "Replica", "finetune_batched"]

@@ -1,12 +1,19 @@
 """The fixed strategies every comparison includes, built for a backbone's number of layers.
 
-Linear probe (every layer frozen), full fine-tuning (one rate everywhere), last-k (only the last
-k layers train) and BN-affine (only batch-norm scales and shifts train). Each returns a
-:class:`~ptx_utils.finetuning.strategy.Strategy` whose name labels it in tables and figures.
+Trained by SGD: linear probe (every layer frozen; the paper's), full fine-tuning (one rate
+everywhere), last-k (only the last k layers train) and BN-affine (only batch-norm scales and
+shifts train). Fitted on frozen features without gradient steps: nearest centroid (Euclidean or
+cosine) and logistic regression. Options that turn any strategy into another: AdaBN
+(:func:`with_adabn`) and the channel importance transform (:func:`with_channel_importance`).
+Each returns a :class:`~ptx_utils.finetuning.strategy.Strategy` whose name labels it in tables
+and figures.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from ptx_utils.finetuning.feature_transform import CIT_K
 from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, Scheme
 from ptx_utils.finetuning.strategy import Strategy
 
@@ -37,3 +44,55 @@ def last_k(n_layers: int, k: int, lr: float = 0.01, head_lr: float = DEFAULT_HEA
 def bn_affine(n_layers: int, lr: float = 0.01, head_lr: float = DEFAULT_HEAD_LR) -> Strategy:
     """Only batch-norm weights and biases train, in every layer."""
     return Strategy(Scheme((lr,) * n_layers, head_lr, params="bn", name=f"BN-affine {lr:g}"))
+
+
+def nearest_centroid(n_layers: int, metric: str = "cosine") -> Strategy:
+    """Nothing trains: each query goes to the nearest class mean of the support features.
+
+    Example:
+        >>> str(nearest_centroid(4, "euclidean"))
+        '0 0 0 0 | head 0 | ncc-euclidean'
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    name = f"nearest centroid ({'cos' if metric == 'cosine' else 'euc'})"
+    return Strategy(Scheme((0.0,) * n_layers, 0.0), classifier=f"ncc-{metric}", name=name)
+
+
+def logistic_regression(n_layers: int) -> Strategy:
+    """Frozen backbone; L2-normalised features; logistic regression fitted to convergence (C = 1).
+
+    Example:
+        >>> logistic_regression(4).closed_form
+        True
+    """
+    scheme = Scheme((0.0,) * n_layers, 0.0)
+    return Strategy(scheme, classifier="logistic-regression", name="logistic regression")
+
+
+def with_adabn(strategy: Strategy, transductive: bool = False) -> Strategy:
+    """``strategy`` after re-estimating the BN statistics on the support set (and the queries).
+
+    Example:
+        >>> with_adabn(linear_probe(4)).name
+        'linear probe + AdaBN'
+    """
+    stats, label = (
+        ("support+query", "AdaBN (transductive)") if transductive else ("support", "AdaBN")
+    )
+    return replace(strategy, bn_stats=stats, name=f"{strategy.name} + {label}")
+
+
+def with_channel_importance(strategy: Strategy, k: float = CIT_K) -> Strategy:
+    """``strategy`` with the channel importance transform φ_k before its classifier.
+
+    Example:
+        >>> str(with_channel_importance(nearest_centroid(4)))
+        '0 0 0 0 | head 0 | ncc-cosine | channel-importance k=1.3'
+    """
+    return replace(
+        strategy,
+        feature_transform="channel-importance",
+        transform_options=(("k", float(k)),),
+        name=f"{strategy.name} + CIT",
+    )

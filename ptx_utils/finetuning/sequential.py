@@ -2,6 +2,9 @@
 
 As simple as it can be; the batched engine must give the same query logits (fp32, 1e-4).
 Divergence (a NaN or infinite loss) stops the replica; its logits are NaN, never chance.
+AdaBN statistics (:mod:`.bn_stats`) are re-estimated on the copy first; a closed-form strategy
+(:mod:`.closed_form`) fits its classifier on the frozen features, one episode, with the
+reference solver; the feature transform sits between the backbone and the head.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import torch.nn.functional as F
 
 from ptx_utils.core.device import autocast, memory_format, resolve_precision, to_layout
 from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
+from ptx_utils.finetuning.closed_form import closed_form_logits
+from ptx_utils.finetuning.feature_transform import apply_transform
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
     replica_plan,
@@ -65,6 +71,26 @@ def finetune_sequential(
     model = copy.deepcopy(backbone).to(memory_format=memory_format(precision))
     for p in model.parameters():
         p.requires_grad_(False)
+    if strategy.adapts_bn:
+        images = statistics_images(support_images, query_images, strategy.bn_stats)
+        load_statistics(model, episode_statistics(model, images, precision))
+    options = dict(strategy.transform_options)
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            out = model(to_layout(images, precision))
+        return apply_transform(out.float(), strategy.feature_transform, options)
+
+    if strategy.closed_form:
+        model.eval()
+        with torch.no_grad():
+            s_feats = features(normalize(support_images.to(device)))
+            q_feats = features(normalize(query_images.to(device)))
+        logits = closed_form_logits(
+            strategy.classifier, s_feats[None], support_labels.to(device)[None], q_feats[None],
+            n_way, reference=True,
+        )[0]  # fmt: skip
+        return _result(logits)
     groups = trainable_groups(model, scheme)
     for g in groups:
         for p in g["params"]:  # type: ignore[union-attr]
@@ -89,9 +115,7 @@ def finetune_sequential(
     for row in plan.batches:
         idx = row[row >= 0].to(device)
         x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
-        with autocast(device, precision):
-            feats = model(to_layout(x, precision))
-        loss = F.cross_entropy(head(feats.float()), y_all[idx])  # the head in float32
+        loss = F.cross_entropy(head(features(x)), y_all[idx])  # the head in float32
         if not torch.isfinite(loss):
             nan = torch.full((len(query_images), n_way), float("nan"), device=device)
             return FinetuneResult(nan, diverged=True)
@@ -100,9 +124,12 @@ def finetune_sequential(
         optimizer.step()
     model.eval()
     with torch.no_grad():
-        with autocast(device, precision):
-            feats = model(to_layout(normalize(query_images.to(device)), precision))
-        logits = head(feats.float())
+        logits = head(features(normalize(query_images.to(device))))
+    return _result(logits)
+
+
+def _result(logits: torch.Tensor) -> FinetuneResult:
+    """Logits as they are, or NaN and diverged when any is not finite."""
     if not bool(torch.isfinite(logits).all()):
         return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
     return FinetuneResult(logits, diverged=False)

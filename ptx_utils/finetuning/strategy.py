@@ -13,19 +13,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ptx_utils.finetuning.feature_transform import check_transform
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.finetuning.scheme import Scheme
 
 #: Values each field accepts: implemented by both engines, then planned (accepted, refused by
 #: the engines with :class:`NotImplementedError` until their issue lands).
-CLASSIFIERS = ("protocol", "linear", "cosine")
-PLANNED_CLASSIFIERS = ("ncc-cosine", "logistic-regression", "zero-linear")
+CLASSIFIERS = (
+    "protocol", "linear", "cosine", "ncc-euclidean", "ncc-cosine", "logistic-regression"
+)  # fmt: skip
+PLANNED_CLASSIFIERS = ("zero-linear",)
+#: Classifiers fitted without gradient steps on frozen features (:mod:`.closed_form`).
+CLOSED_FORM_CLASSIFIERS = ("ncc-euclidean", "ncc-cosine", "logistic-regression")
 OPTIMIZERS = ("sgd",)
 PLANNED_OPTIMIZERS = ("adadelta", "adam")
-FEATURE_TRANSFORMS = ("none",)
-PLANNED_FEATURE_TRANSFORMS = ("channel-importance", "l2", "feature-norm")
-BN_STATS = ("protocol", "eval", "train")
-PLANNED_BN_STATS = ("support",)
+FEATURE_TRANSFORMS = ("none", "channel-importance")
+PLANNED_FEATURE_TRANSFORMS = ("l2", "feature-norm")
+BN_STATS = ("protocol", "eval", "train", "support", "support+query")
+PLANNED_BN_STATS = ()
+#: ``bn_stats`` values that re-estimate the running statistics on the episode (AdaBN).
+ADAPTIVE_BN_STATS = ("support", "support+query")
 PLANNED_ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune", "case")
 
 
@@ -70,12 +77,20 @@ class Strategy:
 
     Attributes:
         scheme: the backbone's per-layer rates (0 = frozen), which parameters train, head rate.
-        classifier: ``"protocol"`` (the :class:`FinetuneConfig` head), ``"linear"``, ``"cosine"``.
+        classifier: ``"protocol"`` (the :class:`FinetuneConfig` head), ``"linear"``,
+            ``"cosine"`` (heads trained by SGD), or fitted without gradient steps on frozen
+            features (:mod:`~ptx_utils.finetuning.closed_form`; every rate 0):
+            ``"ncc-euclidean"``, ``"ncc-cosine"`` (nearest centroid), ``"logistic-regression"``.
         optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay).
         attachments: extra trained or loaded parameters (:class:`Attachment`).
-        feature_transform: a parameter-free transform of the features before the classifier;
+        feature_transform: a parameter-free transform of the features before the classifier
+            (``"channel-importance"``, :mod:`~ptx_utils.finetuning.feature_transform`; frozen
+            backbones only);
             ``transform_options`` its settings (sorted ``(key, JSON value)`` pairs, e.g. k).
-        bn_stats: ``"protocol"`` (the config's ``bn_mode``), ``"eval"`` or ``"train"``.
+        bn_stats: ``"protocol"`` (the config's ``bn_mode``), ``"eval"``, ``"train"``, or AdaBN:
+            ``"support"`` / ``"support+query"`` (transductive) re-estimate the running
+            statistics on the episode before adapting, then the config's ``bn_mode``
+            (:mod:`~ptx_utils.finetuning.bn_stats`).
         loads: meta-trained parts, as checkpoint references (``"path#sha256"``).
         steps: a fixed number of optimisation steps (None: the protocol's passes × batches).
         name: a label (not part of the identity).
@@ -113,6 +128,14 @@ class Strategy:
         pairs = self.transform_options
         pairs = pairs.items() if isinstance(pairs, Mapping) else pairs
         object.__setattr__(self, "transform_options", tuple(sorted((str(k), v) for k, v in pairs)))
+        if self.feature_transform in FEATURE_TRANSFORMS:
+            check_transform(self.feature_transform, dict(self.transform_options))
+        if self.feature_transform == "channel-importance" and self.scheme.n_trainable_layers:
+            raise ValueError(
+                "the channel importance transform reads frozen features (Luo et al. apply it at "
+                f"test time): set every backbone rate to 0, got scheme '{self.scheme}'; its "
+                "derivative near 0 is huge, so training layers through it is numerically chaotic"
+            )
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 0):
             raise ValueError(f"steps must be None or an int >= 0, got {self.steps!r}")
         if not self.name and self.scheme.name:
@@ -141,6 +164,16 @@ class Strategy:
         """The same strategy with other per-layer rates (how the search varies a strategy)."""
         return replace(self, scheme=scheme, name=scheme.name)
 
+    @property
+    def closed_form(self) -> bool:
+        """Whether nothing trains by gradient steps: a closed-form classifier on frozen features."""
+        return self.classifier in CLOSED_FORM_CLASSIFIERS
+
+    @property
+    def adapts_bn(self) -> bool:
+        """Whether the running statistics are re-estimated on the episode (AdaBN)."""
+        return self.bn_stats in ADAPTIVE_BN_STATS
+
     # -- what the engines do -------------------------------------------------------------------
 
     def unimplemented(self) -> list[str]:
@@ -157,8 +190,8 @@ class Strategy:
         out += [f"attachment {a.kind!r}" for a in self.attachments]
         if self.loads:
             out.append("meta-trained parts (loads)")
-        if self.transform_options and self.feature_transform in FEATURE_TRANSFORMS:
-            out.append("transform_options")
+        if self.closed_form and self.scheme.n_trainable_layers:
+            out.append(f"classifier {self.classifier!r} with trained layers")
         if self.steps is not None:
             out.append(f"steps {self.steps}")
         return out
@@ -176,8 +209,11 @@ class Strategy:
                 "not implement yet (see docs/strategies.md for the plan); use a strategy of "
                 "implemented values"
             )
+        if self.closed_form:  # nothing trains: the protocol's head and BN mode do not apply
+            return cfg
         head = cfg.head if self.classifier == "protocol" else self.classifier
-        bn_mode = cfg.bn_mode if self.bn_stats == "protocol" else self.bn_stats
+        keep = self.bn_stats in ("protocol", *ADAPTIVE_BN_STATS)
+        bn_mode = cfg.bn_mode if keep else self.bn_stats
         return (
             cfg
             if (head, bn_mode) == (cfg.head, cfg.bn_mode)

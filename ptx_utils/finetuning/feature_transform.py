@@ -1,0 +1,81 @@
+"""Parameter-free transforms of the features before the classifier (a strategy's option).
+
+- ``"channel-importance"`` — the channel importance transform of Luo, Xu and Xu (ICML 2022,
+  "Channel Importance Matters in Few-Shot Image Classification"):
+  ``φ_k(x) = 1 / ln(1/x + 1)^k`` with ``k = 1.3``, applied at test time to the pooled features of
+  support and query alike, before any L2 normalisation (a cosine head or logistic regression
+  normalises after it). Exactly as the authors' code (``Channel_Importance_FSL``,
+  ``architectures/classifier/proto_head.py``, ``simple_transform``): with
+  ``ψ(x) = 1 / ln(1 / (x + 1e-5) + 1)^k`` it returns ``ψ(max(x, 0)) − ψ(max(−x, 0))``, i.e.
+  ``ψ(x) − ψ(0)`` for x ≥ 0 (ψ(0) ≈ 0.0417 at k = 1.3) and the odd extension below 0 (the
+  kit's backbones end with a ReLU, so their features are non-negative).
+
+φ is increasing, φ(0) = 0 and φ(x) ≈ x^k for large x: it lifts small channels relative to
+large ones. It is concave for every x > 0 when k = 1; for k > 1 it is concave on (0, x*] and
+convex beyond (x* ≈ 0.344 for k = 1.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+#: The transforms :func:`apply_transform` knows (``"none"`` leaves the features unchanged).
+TRANSFORMS = ("none", "channel-importance")
+#: The paper's (and its code's) exponent.
+CIT_K = 1.3
+#: Added to the feature before its reciprocal, as the authors' code.
+CIT_EPS = 1e-5
+
+
+def channel_importance(x: torch.Tensor, k: float = CIT_K) -> torch.Tensor:
+    """φ_k elementwise, as the authors' code: ``ψ(max(x, 0)) − ψ(max(−x, 0))``.
+
+    Args:
+        x: features of any shape (float).
+        k: the exponent (> 0).
+
+    Returns:
+        a tensor of ``x``'s shape and dtype; 0 where ``x`` is 0.
+
+    Example:
+        >>> round(float(channel_importance(torch.tensor(1.0))), 4)  # 1 / ln(2)^1.3 - ψ(0)
+        1.5687
+    """
+    if not k > 0:
+        raise ValueError(f"channel importance exponent k must be > 0, got {k!r}")
+
+    def psi(v: torch.Tensor) -> torch.Tensor:
+        return 1.0 / torch.log(1.0 / (v + CIT_EPS) + 1.0).pow(k)
+
+    return psi(x.clamp_min(0)) - psi((-x).clamp_min(0))
+
+
+def check_transform(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an unknown transform or option with a message naming what is accepted."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"feature_transform must be one of {TRANSFORMS}, got {name!r}")
+    allowed = {"none": set(), "channel-importance": {"k"}}[name]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"feature_transform {name!r} takes options {sorted(allowed) or 'none'}, got {unknown}"
+        )
+    if name == "channel-importance" and not float(options.get("k", CIT_K)) > 0:
+        raise ValueError(f"channel importance exponent k must be > 0, got {options['k']!r}")
+
+
+def apply_transform(x: torch.Tensor, name: str, options: Mapping[str, Any]) -> torch.Tensor:
+    """``x`` (..., D) through the transform ``name`` with ``options`` (``"none"``: ``x`` itself).
+
+    Example:
+        >>> apply_transform(torch.zeros(2, 3), "channel-importance", {"k": 1.3}).abs().max()
+        tensor(0.)
+    """
+    if name == "none":
+        return x
+    if name == "channel-importance":
+        return channel_importance(x, float(options.get("k", CIT_K)))
+    raise ValueError(f"feature_transform must be one of {TRANSFORMS}, got {name!r}")
