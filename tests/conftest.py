@@ -22,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.models import Backbone, create_backbone
 
 DATA_ROOT = os.environ.get("PTX_DATA_ROOT")
 requires_data_root = pytest.mark.skipif(
@@ -65,6 +66,13 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def conv4() -> Backbone:
+    """A randomly initialised RGB Conv4 for 16x16 images (seed 0): the engines' test backbone."""
+    torch.manual_seed(0)
+    return create_backbone("conv4", in_channels=3, image_size=16)
 
 
 @pytest.fixture(scope="session")

@@ -36,12 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def conv4() -> Backbone:
-    torch.manual_seed(0)
-    return create_backbone("conv4", in_channels=3, image_size=16)
-
-
-@pytest.fixture(scope="module")
 def episodes(synthetic_test: FewShotDataset) -> dict[int, EpisodeBatch]:
     """Two 5-way episodes with 5 queries per class, 1-shot and 5-shot."""
     return {

@@ -38,18 +38,12 @@ from ptx_utils.finetuning.closed_form import (
     primal_gradient_norm,
 )
 from ptx_utils.finetuning.feature_transform import channel_importance
-from ptx_utils.models import Backbone, create_backbone
+from ptx_utils.models import Backbone
 from ptx_utils.models.features import nearest_centroid_accuracy
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def conv4() -> Backbone:
-    torch.manual_seed(0)
-    return create_backbone("conv4", in_channels=3, image_size=16)
 
 
 @pytest.fixture(scope="module")

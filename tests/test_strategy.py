@@ -37,6 +37,15 @@ ADAPTERS = Strategy(
     steps=40,
     name="TSA",
 )
+CASE = Strategy(
+    Scheme((0, 0, 0, 0), head_lr=0),
+    classifier="zero-linear",
+    optimizer="adam",
+    attachments=(Attachment("case"),),
+    loads=("case.pt#sha256",),
+    steps=500,
+    name="CaSE",
+)
 CHANNEL_IMPORTANCE = Strategy(
     Scheme((0, 0, 0, 0)),
     feature_transform="channel-importance",
@@ -105,12 +114,13 @@ def test_both_engines_refuse_what_they_do_not_implement(synthetic_test: FewShotD
     torch.manual_seed(0)
     bb = create_backbone("conv4", image_size=16)
     eb = sample_episodes(synthetic_test, 5, 1, 2, 1, seed=0).tensors(synthetic_test)
-    assert set(ADAPTERS.unimplemented()) >= {"optimizer 'adadelta'", "steps 40"}
+    assert ADAPTERS.unimplemented() == []  # TSA: tests/test_adapters.py
+    assert set(CASE.unimplemented()) >= {"optimizer 'adam'", "attachment 'case'"}
     assert str(CHANNEL_IMPORTANCE).endswith("| channel-importance k=1.3")
     assert CHANNEL_IMPORTANCE.unimplemented() == []  # implemented (tests/test_frozen_strategies)
     with pytest.raises(NotImplementedError, match=r"docs/strategies\.md"):
-        finetune_sequential(bb, ADAPTERS, eb.support_images[0], eb.support_labels[0],
+        finetune_sequential(bb, CASE, eb.support_images[0], eb.support_labels[0],
                             eb.query_images[0], 5)  # fmt: skip
-    with pytest.raises(NotImplementedError, match="residual-adapter"):
-        finetune_batched(bb, [Replica(ADAPTERS, 0)], eb.support_images, eb.support_labels,
+    with pytest.raises(NotImplementedError, match="attachment 'case'"):
+        finetune_batched(bb, [Replica(CASE, 0)], eb.support_images, eb.support_labels,
                          eb.query_images, 5, progress=False)  # fmt: skip

@@ -21,7 +21,9 @@ from ptx_utils.finetuning.fixed import (
     last_k,
     linear_probe,
     logistic_regression,
+    lt_ncc,
     nearest_centroid,
+    tsa,
     with_adabn,
     with_channel_importance,
 )
@@ -66,11 +68,13 @@ __all__ = [
     "last_k",
     "linear_probe",
     "logistic_regression",
+    "lt_ncc",
     "nearest_centroid",
     "place_episodes",
     "replica_accuracies",
     "replica_plan",
     "replica_seed",
+    "tsa",
     "with_adabn",
     "with_channel_importance",
 ]

@@ -7,8 +7,9 @@ replicas at once: weights stacked along a leading dimension, one step is
 leading stages (the backbone's :meth:`~ptx_utils.models.Backbone.forward_stages`) run once per
 episode. AdaBN strategies carry their episode's batch-norm statistics per replica;
 closed-form strategies (nearest centroid, logistic regression) extract every episode's frozen
-features in batches and fit all episodes at once. How it works and what it saves:
-``docs/engine.md``.
+features in batches and fit all episodes at once; attachment strategies (TSA, LT+NCC) train
+their α / β per replica with a functional Adadelta (:mod:`.adapters`). How it works and what
+it saves: ``docs/engine.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ptx_utils.core.device import memory_format, resolve_precision
 from ptx_utils.data.augment import Augmentation, augment
+from ptx_utils.finetuning.adapters import AdapterSpec, adapt_batched
 from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
 from ptx_utils.finetuning.chunking import auto_chunk_size
 from ptx_utils.finetuning.closed_form import closed_form_logits
@@ -82,18 +84,26 @@ class BatchedResult:
 class _Variant:
     """What, besides the protocol, replicas batched together must share."""
 
-    classifier: str | None  # a closed-form classifier, or None (trained by SGD)
+    path: str  # Strategy.path: "sgd", "closed-form" or "attachments"
+    classifier: str | None  # a closed-form classifier, or None
     transform: str
     options: tuple[tuple[str, Any], ...]
     bn_stats: str | None  # AdaBN's images ("support", "support+query"), or None
+    adapters: tuple[Any, ...] = ()  # attachments: which exist, α's init, steps
 
     @classmethod
     def of(cls, strategy: Strategy) -> _Variant:
+        adapters: tuple[Any, ...] = ()
+        if strategy.path == "attachments":
+            spec = AdapterSpec.of(strategy)
+            adapters = (*spec.structure, spec.steps)
         return cls(
+            strategy.path,
             strategy.classifier if strategy.closed_form else None,
             strategy.feature_transform,
             strategy.transform_options,
             strategy.bn_stats if strategy.adapts_bn else None,
+            adapters,
         )
 
 
@@ -180,7 +190,12 @@ def finetune_batched(
     try:
         for (protocol, variant), members in protocols.items():
             group = [replicas[i] for i in members]
-            if variant.classifier is not None:
+            if variant.path == "attachments":
+                out, div = _run_attachments(
+                    backbone, group, support_images, support_labels, query_images, n_way,
+                    variant, chunk_size, vectorize, bar,
+                )  # fmt: skip
+            elif variant.path == "closed-form":
                 out, div = _run_closed_form(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     variant, precision, bar,
@@ -252,7 +267,7 @@ def _prepare(
     cfg: FinetuneConfig,
     precision: str,
     vectorize: str = "auto",
-    variant: _Variant = _Variant(None, "none", (), None),
+    variant: _Variant = _Variant("sgd", None, "none", (), None),
 ) -> _Engine:
     device = next(backbone.parameters()).device
 
@@ -264,11 +279,10 @@ def _prepare(
     for p in head.parameters():
         p.requires_grad_(False)
     runner = Runner(model, head, (variant.transform, dict(variant.options)))
-    episode_stats = {}
-    if variant.bn_stats is not None:  # AdaBN, from the float32 copy (both engines alike)
-        for e in sorted({r.episode for r in replicas}):
-            images = statistics_images(support_images[e], query_images[e], variant.bn_stats)
-            episode_stats[e] = episode_statistics(model, images, precision)
+    # AdaBN: from the float32 copy, before any bf16 cast (both engines alike)
+    episode_stats = _adabn_statistics(
+        model, replicas, support_images, query_images, variant.bn_stats, precision
+    )
     masters = {name: p.detach().clone() for name, p in runner.named_parameters()}
     if precision == "bf16":  # bf16 backbone; batch norm and the head stay float32
         model.to(torch.bfloat16)
@@ -326,6 +340,25 @@ def _prepare(
         masters=masters,
         episode_stats=episode_stats,
     )
+
+
+def _adabn_statistics(
+    model: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    bn_stats: str | None,
+    precision: str = "fp32",
+) -> dict[int, dict[str, torch.Tensor]]:
+    """AdaBN's statistics of each episode the replicas use (empty without AdaBN)."""
+    if bn_stats is None:
+        return {}
+    return {
+        e: episode_statistics(
+            model, statistics_images(support_images[e], query_images[e], bn_stats), precision
+        )
+        for e in sorted({r.episode for r in replicas})
+    }
 
 
 def _qualified_name(root: nn.Module, module: nn.Module) -> str:
@@ -474,6 +507,44 @@ def _run_chunk(
         view_as_replicas(diverged, logits), torch.full_like(logits, float("nan")), logits
     )
     return logits, diverged
+
+
+# -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
+
+#: Replicas an attachment chunk trains at once when ``chunk_size`` is None.
+_ATTACHMENT_CHUNK = 16
+
+
+def _run_attachments(
+    backbone: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    variant: _Variant,
+    chunk_size: int | None,
+    vectorize: str,
+    bar: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, Q, n_way), diverged (R,)."""
+    stats = _adabn_statistics(backbone, replicas, support_images, query_images, variant.bn_stats)
+    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].episode, i))
+    size = chunk_size or _ATTACHMENT_CHUNK
+    logits, diverged = [], []
+    for pos in range(0, len(order), size):
+        idx = order[pos : pos + size]
+        out, div = adapt_batched(
+            backbone, [as_strategy(replicas[i].strategy) for i in idx],
+            [replicas[i].episode for i in idx], support_images, support_labels, query_images,
+            n_way, stats or None, vectorize,
+        )  # fmt: skip
+        logits.append(out)
+        diverged.append(div)
+        bar.update(len(idx))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(logits)[inverse], torch.cat(diverged)[inverse]
 
 
 # -- closed-form strategies ---------------------------------------------------------------------

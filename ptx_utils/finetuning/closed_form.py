@@ -45,7 +45,8 @@ _STEPS = tuple(0.5**i for i in range(12))
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """Mean feature of each class: features (E, N, D), labels (E, N) -> (E, n_way, D)."""
-    onehot = F.one_hot(labels, n_way).to(features.dtype)  # (E, N, C)
+    classes = torch.arange(n_way, device=labels.device)
+    onehot = (labels.unsqueeze(-1) == classes).to(features.dtype)  # (E, N, C); vmap-safe
     counts = onehot.sum(1).clamp_min(1).unsqueeze(-1)  # (E, C, 1)
     return onehot.transpose(1, 2) @ features / counts
 

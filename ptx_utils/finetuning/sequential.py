@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ptx_utils.core.device import autocast, memory_format, resolve_precision, to_layout
 from ptx_utils.data.augment import Augmentation, augment, normalize
+from ptx_utils.finetuning.adapters import adapt_sequential
 from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
 from ptx_utils.finetuning.closed_form import closed_form_logits
 from ptx_utils.finetuning.feature_transform import apply_transform
@@ -81,6 +82,12 @@ def finetune_sequential(
             out = model(to_layout(images, precision))
         return apply_transform(out.float(), strategy.feature_transform, options)
 
+    if strategy.path == "attachments":  # TSA / LT+NCC, float32 (ptx_utils.finetuning.adapters)
+        logits, _ = adapt_sequential(
+            model.to(memory_format=torch.contiguous_format), strategy, support_images,
+            support_labels, query_images, n_way,
+        )  # fmt: skip
+        return _result(logits)  # NaN logits when it diverged
     if strategy.closed_form:
         model.eval()
         with torch.no_grad():

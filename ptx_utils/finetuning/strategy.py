@@ -25,15 +25,17 @@ CLASSIFIERS = (
 PLANNED_CLASSIFIERS = ("zero-linear",)
 #: Classifiers fitted without gradient steps on frozen features (:mod:`.closed_form`).
 CLOSED_FORM_CLASSIFIERS = ("ncc-euclidean", "ncc-cosine", "logistic-regression")
-OPTIMIZERS = ("sgd",)
-PLANNED_OPTIMIZERS = ("adadelta", "adam")
+OPTIMIZERS = ("sgd", "adadelta")
+PLANNED_OPTIMIZERS = ("adam",)
 FEATURE_TRANSFORMS = ("none", "channel-importance")
 PLANNED_FEATURE_TRANSFORMS = ("l2", "feature-norm")
 BN_STATS = ("protocol", "eval", "train", "support", "support+query")
 PLANNED_BN_STATS = ()
 #: ``bn_stats`` values that re-estimate the running statistics on the episode (AdaBN).
 ADAPTIVE_BN_STATS = ("support", "support+query")
-PLANNED_ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune", "case")
+#: Attachments the engines implement (TSA's α and β, :mod:`.adapters`), then planned ones.
+ATTACHMENTS = ("residual-adapter", "pre-classifier")
+PLANNED_ATTACHMENTS = ("spottune", "case")
 
 
 def _choice(what: str, value: str, implemented: Sequence[str], planned: Sequence[str]) -> None:
@@ -46,7 +48,7 @@ class Attachment:
     """Parameters a strategy attaches to the backbone and trains (adapters, gates, blocks...).
 
     Attributes:
-        kind: one of :data:`PLANNED_ATTACHMENTS`.
+        kind: one of :data:`ATTACHMENTS` or :data:`PLANNED_ATTACHMENTS`.
         lr: its learning rate (0 = loaded and frozen).
         options: sorted ``(key, JSON value)`` pairs (e.g. ``(("init", 1e-4),)``).
     """
@@ -56,7 +58,7 @@ class Attachment:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        _choice("attachment kind", self.kind, (), PLANNED_ATTACHMENTS)
+        _choice("attachment kind", self.kind, ATTACHMENTS, PLANNED_ATTACHMENTS)
         object.__setattr__(self, "lr", float(self.lr))
         pairs = self.options.items() if isinstance(self.options, Mapping) else self.options
         object.__setattr__(self, "options", tuple(sorted((str(k), v) for k, v in pairs)))
@@ -81,8 +83,12 @@ class Strategy:
             ``"cosine"`` (heads trained by SGD), or fitted without gradient steps on frozen
             features (:mod:`~ptx_utils.finetuning.closed_form`; every rate 0):
             ``"ncc-euclidean"``, ``"ncc-cosine"`` (nearest centroid), ``"logistic-regression"``.
-        optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay).
-        attachments: extra trained or loaded parameters (:class:`Attachment`).
+        optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay), or
+            ``"adadelta"`` (attachments only).
+        attachments: extra trained or loaded parameters (:class:`Attachment`): TSA's
+            ``"residual-adapter"`` (α) and ``"pre-classifier"`` (β), trained by Adadelta on the
+            NCC loss (``classifier="ncc-cosine"``) with the backbone frozen
+            (:mod:`~ptx_utils.finetuning.adapters`).
         feature_transform: a parameter-free transform of the features before the classifier
             (``"channel-importance"``, :mod:`~ptx_utils.finetuning.feature_transform`; frozen
             backbones only);
@@ -92,7 +98,8 @@ class Strategy:
             statistics on the episode before adapting, then the config's ``bn_mode``
             (:mod:`~ptx_utils.finetuning.bn_stats`).
         loads: meta-trained parts, as checkpoint references (``"path#sha256"``).
-        steps: a fixed number of optimisation steps (None: the protocol's passes × batches).
+        steps: a fixed number of optimisation steps (attachments: full-batch steps, None = 40;
+            SGD strategies: planned, None = the protocol's passes × batches).
         name: a label (not part of the identity).
 
     Example:
@@ -167,7 +174,14 @@ class Strategy:
     @property
     def closed_form(self) -> bool:
         """Whether nothing trains by gradient steps: a closed-form classifier on frozen features."""
-        return self.classifier in CLOSED_FORM_CLASSIFIERS
+        return self.classifier in CLOSED_FORM_CLASSIFIERS and not self.attachments
+
+    @property
+    def path(self) -> str:
+        """How the engines run it: ``"closed-form"``, ``"attachments"`` (TSA, LT+NCC), ``"sgd"``."""
+        if self.attachments:
+            return "attachments"
+        return "closed-form" if self.closed_form else "sgd"
 
     @property
     def adapts_bn(self) -> bool:
@@ -183,16 +197,26 @@ class Strategy:
             out.append(f"classifier {self.classifier!r}")
         if self.optimizer not in OPTIMIZERS:
             out.append(f"optimizer {self.optimizer!r}")
+        if self.attachments and all(a.kind in ATTACHMENTS for a in self.attachments):
+            # TSA / LT+NCC: NCC loss, Adadelta, frozen backbone
+            if self.classifier != "ncc-cosine" or self.optimizer != "adadelta":
+                out.append("attachments trained other than by Adadelta on the NCC (cosine) loss")
+            if self.scheme.n_trainable_layers:
+                out.append("attachments with trained layers")
+            if len({a.kind for a in self.attachments}) != len(self.attachments):
+                out.append("an attachment kind given twice")
+        elif self.optimizer == "adadelta":
+            out.append("optimizer 'adadelta' without attachments")
         if self.feature_transform not in FEATURE_TRANSFORMS:
             out.append(f"feature_transform {self.feature_transform!r}")
         if self.bn_stats not in BN_STATS:
             out.append(f"bn_stats {self.bn_stats!r}")
-        out += [f"attachment {a.kind!r}" for a in self.attachments]
+        out += [f"attachment {a.kind!r}" for a in self.attachments if a.kind not in ATTACHMENTS]
         if self.loads:
             out.append("meta-trained parts (loads)")
         if self.closed_form and self.scheme.n_trainable_layers:
             out.append(f"classifier {self.classifier!r} with trained layers")
-        if self.steps is not None:
+        if self.steps is not None and not self.attachments:
             out.append(f"steps {self.steps}")
         return out
 
@@ -209,7 +233,7 @@ class Strategy:
                 "not implement yet (see docs/strategies.md for the plan); use a strategy of "
                 "implemented values"
             )
-        if self.closed_form:  # nothing trains: the protocol's head and BN mode do not apply
+        if self.path != "sgd":  # the protocol's head and BN mode do not apply
             return cfg
         head = cfg.head if self.classifier == "protocol" else self.classifier
         keep = self.bn_stats in ("protocol", *ADAPTIVE_BN_STATS)
