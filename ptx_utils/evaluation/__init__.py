@@ -3,10 +3,13 @@
 - :mod:`~ptx_utils.evaluation.harness` — :func:`evaluate_strategies` → :class:`Evaluation`.
 - :mod:`~ptx_utils.evaluation.tables` — :func:`summary_table`, :func:`paired_table`.
 - :mod:`~ptx_utils.evaluation.report` — :func:`write_results` (CSV, LaTeX, provenance).
+- :mod:`~ptx_utils.evaluation.steps` — :func:`evaluate_steps`: accuracy against the number of
+  updates, from one run.
 """
 
 from ptx_utils.evaluation.harness import Evaluation, evaluate_strategies, strategy_checkpoint
 from ptx_utils.evaluation.report import mean_ci_latex, summary_latex, write_results
+from ptx_utils.evaluation.steps import evaluate_steps, steps_summary
 from ptx_utils.evaluation.tables import (
     PAIRED_COLUMNS,
     ROW_COLUMNS,
@@ -22,9 +25,11 @@ __all__ = [
     "SETTING_COLUMNS",
     "SUMMARY_COLUMNS",
     "Evaluation",
+    "evaluate_steps",
     "evaluate_strategies",
     "mean_ci_latex",
     "paired_table",
+    "steps_summary",
     "strategy_checkpoint",
     "summary_latex",
     "summary_table",

@@ -33,6 +33,7 @@ from ptx_utils.finetuning.replicas import (
     default_engine,
     place_episodes,
     replica_accuracies,
+    replica_curves,
     replica_seed,
 )
 from ptx_utils.finetuning.scheme import (
@@ -72,6 +73,7 @@ __all__ = [
     "nearest_centroid",
     "place_episodes",
     "replica_accuracies",
+    "replica_curves",
     "replica_plan",
     "replica_seed",
     "tsa",

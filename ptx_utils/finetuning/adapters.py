@@ -147,6 +147,7 @@ def adapt_sequential(
     support_labels: torch.Tensor,
     query_images: torch.Tensor,
     n_way: int,
+    record: Sequence[int] = (),
 ) -> tuple[torch.Tensor, bool]:
     """The reference: ``torch.optim.Adadelta`` on α and β of one episode.
 
@@ -155,8 +156,11 @@ def adapt_sequential(
             already loaded if the strategy asks for them); adapters are attached to it.
         support_images: uint8 (N, C, H, W); support_labels: int64 (N,); query_images: uint8.
 
+        record: step counts after which to keep the query logits too.
+
     Returns:
-        (query logits float32 (Q, n_way), diverged).
+        (query logits float32 (S, Q, n_way) after each ``record`` count then after the last
+        step, NaN from a divergence on; diverged).
     """
     spec = AdapterSpec.of(strategy)
     device = next(model.parameters()).device
@@ -180,19 +184,30 @@ def adapt_sequential(
     if spec.alpha_lr is None:  # LT+NCC: the features do not change
         with torch.no_grad():
             frozen = model(x_s)
-    for _ in range(spec.steps):
+    x_q = normalize(query_images.to(device))
+    nan = torch.full((len(query_images), n_way), float("nan"), device=device)
+
+    def query_logits() -> torch.Tensor:
+        with torch.no_grad():
+            out = ncc_logits(model(x_s) @ beta.T, y, model(x_q) @ beta.T, n_way)
+        return out if bool(torch.isfinite(out).all()) else nan
+
+    at = {p: j for j, p in enumerate(record)}
+    recorded = [nan] * len(record)
+    for step in range(spec.steps + 1):
+        if step in at:
+            recorded[at[step]] = query_logits()
+        if step == spec.steps:
+            break
         z = (model(x_s) if frozen is None else frozen) @ beta.T
         loss = F.cross_entropy(ncc_logits(z, y, z, n_way), y)
         if not torch.isfinite(loss):
-            return torch.full((len(query_images), n_way), float("nan"), device=device), True
+            return torch.stack([*recorded, nan]), True
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    with torch.no_grad():
-        z_s = model(x_s) @ beta.T
-        z_q = model(normalize(query_images.to(device))) @ beta.T
-        logits = ncc_logits(z_s, y, z_q, n_way)
-    return logits, not bool(torch.isfinite(logits).all())
+    logits = query_logits()
+    return torch.stack([*recorded, logits]), not bool(torch.isfinite(logits).all())
 
 
 def adadelta_step(
@@ -228,6 +243,7 @@ def adapt_batched(
     n_way: int,
     episode_stats: dict[int, dict[str, torch.Tensor]] | None = None,
     vectorize: str = "auto",
+    record: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replicas of one structure (:attr:`AdapterSpec.structure`) trained together.
 
@@ -236,9 +252,11 @@ def adapt_batched(
         strategies, episodes: replica i is ``strategies[i]`` on episode ``episodes[i]``.
         support_images: uint8 (E, N, C, H, W), support_labels int64 (E, N), query_images uint8.
         episode_stats: AdaBN statistics per episode (backbone buffer names), or None.
+        record: step counts after which to keep the query logits too (each <= the steps).
 
     Returns:
-        (logits float32 (R, Q, n_way) with NaN rows for diverged replicas, diverged bool (R,)).
+        (logits float32 (R, S, Q, n_way): after each ``record`` count, then after the last step,
+        NaN rows where a replica had diverged; diverged bool (R,)).
     """
     specs = [AdapterSpec.of(s) for s in strategies]
     if len({s.structure for s in specs}) != 1 or len({s.steps for s in specs}) != 1:
@@ -301,21 +319,37 @@ def adapt_batched(
     pixels = x_s.shape[-1] * x_s.shape[-2] if x_s.ndim == 5 else 0
     loop = loop_replicas(vectorize, device, [tp[a] for a in alpha_names], pixels)
     step_fn = per_replica(single) if loop else vmap(single)
+    if record and max(record) > spec.steps:
+        raise ValueError(
+            f"record point {max(record)} is beyond the {spec.steps} steps of {strategies[0]}; "
+            "give the strategy more steps or record fewer"
+        )
+
+    def predict(tp, bufs, xs, yy, xq):
+        return ncc_logits(features(tp, bufs, xs), yy, features(tp, bufs, xq), n_way)
+
+    run = per_replica(predict) if loop else vmap(predict)
+
+    def query_logits() -> torch.Tensor:
+        with torch.no_grad():
+            out = run(tp, bufs, x_s, y, x_q).float()
+        keep = alive & torch.isfinite(out).flatten(1).all(1)
+        return torch.where(keep[:, None, None], out, torch.full_like(out, float("nan")))
+
     alive = torch.ones(n, dtype=torch.bool, device=device)
     state: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for _ in range(spec.steps):
+    at = {p: j for j, p in enumerate(record)}
+    recorded: list[torch.Tensor | None] = [None] * len(record)
+    for step in range(spec.steps + 1):
+        if step in at:
+            recorded[at[step]] = query_logits()
+        if step == spec.steps:
+            break
         trained = {k: tp[k] for k in train}
         rest = {k: v for k, v in tp.items() if k not in trained}
         grads, loss = step_fn(trained, rest, bufs, x_s, y)
         alive = alive & torch.isfinite(loss)
         adadelta_step(tp, grads, state, lr_of, alive)
-
-    def predict(tp, bufs, xs, yy, xq):
-        return ncc_logits(features(tp, bufs, xs), yy, features(tp, bufs, xq), n_way)
-
-    with torch.no_grad():
-        run = per_replica(predict) if loop else vmap(predict)
-        logits = run(tp, bufs, x_s, y, x_q).float()
-    diverged = ~alive | ~torch.isfinite(logits).flatten(1).all(1)
-    logits = torch.where(diverged[:, None, None], torch.full_like(logits, float("nan")), logits)
-    return logits, diverged
+    logits = query_logits()
+    diverged = ~torch.isfinite(logits).flatten(1).all(1)
+    return torch.stack([*recorded, logits], 1), diverged

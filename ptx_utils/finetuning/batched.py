@@ -15,6 +15,7 @@ it saves: ``docs/engine.md``.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from ptx_utils.finetuning.functional_sgd import sgd_step, view_as_replicas
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
     ReplicaPlan,
+    check_record,
+    check_record_within,
     is_bn,
     replica_plan,
     trainable_groups,
@@ -74,10 +77,15 @@ class Replica:
 
 @dataclass(frozen=True)
 class BatchedResult:
-    """Query logits float32 (R, Q, n_way), NaN for diverged replicas, and diverged bool (R,)."""
+    """Query logits float32 (R, Q, n_way), NaN for diverged replicas, and diverged bool (R,).
+
+    ``recorded`` (with ``record``): float32 (R, S, Q, n_way), the query logits after each of the
+    ``record`` update counts, NaN where the replica had diverged by then.
+    """
 
     logits: torch.Tensor
     diverged: torch.Tensor
+    recorded: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,7 @@ class _Engine:
     vectorize: str = "auto"
     masters: dict[str, torch.Tensor] = field(default_factory=dict)  # float32 trained weights
     episode_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # AdaBN
+    record: tuple[int, ...] = ()  # passes after which to keep the query logits (+ the last)
 
 
 def finetune_batched(
@@ -143,6 +152,7 @@ def finetune_batched(
     desc: str = "fine-tune replicas",
     precision: str = "fp32",
     vectorize: str = "auto",
+    record: Sequence[int] | None = None,
 ) -> BatchedResult:
     """Fine-tune many replicas at once; the query logits of each, as the sequential reference.
 
@@ -162,15 +172,20 @@ def finetune_batched(
             prefix, float32 weights, statistics and optimiser) or ``"auto"``.
         vectorize: ``"vmap"``, ``"loop"`` (replicas of a chunk one after another, same
             arithmetic) or ``"auto"`` (loop on a CPU when a chunk trains convolutions).
+        record: update counts after which to keep the query logits as well (passes over the
+            support set for SGD strategies, full-batch steps for attachments; 0 = before any;
+            each at most the strategy's total). One run gives accuracy against adaptation
+            length (:func:`~ptx_utils.evaluation.evaluate_steps`).
 
     Returns:
         :class:`BatchedResult`: logits float32 (R, Q, n_way) on the backbone's device, NaN rows
-        for diverged replicas, and diverged bool (R,).
+        for diverged replicas, and diverged bool (R,); ``recorded`` with ``record``.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     if vectorize not in VECTORIZE:
         raise ValueError(f"vectorize must be one of {VECTORIZE}, got {vectorize!r}")
+    points = check_record(record)
     check_episode_tensors(
         [r.episode for r in replicas], support_images, support_labels, query_images
     )
@@ -184,7 +199,9 @@ def finetune_batched(
     device = next(backbone.parameters()).device
     precision = resolve_precision(precision, device)
     n_rep, n_query = len(replicas), query_images.shape[1]
-    logits = torch.full((n_rep, n_query, n_way), float("nan"), dtype=torch.float32, device=device)
+    logits = torch.full(
+        (n_rep, len(points) + 1, n_query, n_way), float("nan"), dtype=torch.float32, device=device
+    )
     diverged = torch.zeros(n_rep, dtype=torch.bool, device=device)
     bar = tqdm(total=n_rep, desc=desc, unit="replica", disable=not progress)
     try:
@@ -193,17 +210,18 @@ def finetune_batched(
             if variant.path == "attachments":
                 out, div = _run_attachments(
                     backbone, group, support_images, support_labels, query_images, n_way,
-                    variant, chunk_size, vectorize, bar,
+                    variant, chunk_size, vectorize, bar, points,
                 )  # fmt: skip
             elif variant.path == "closed-form":
                 out, div = _run_closed_form(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     variant, precision, bar,
                 )  # fmt: skip
+                out = out.unsqueeze(1).expand(-1, len(points) + 1, -1, -1)  # nothing trains
             else:
                 engine = _prepare(
                     backbone, group, support_images, support_labels, query_images, n_way,
-                    protocol, precision, vectorize, variant,
+                    protocol, precision, vectorize, variant, points,
                 )  # fmt: skip
                 out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
             sel = torch.tensor(members, device=device)
@@ -211,7 +229,7 @@ def finetune_batched(
             diverged[sel] = div
     finally:
         bar.close()
-    return BatchedResult(logits, diverged)
+    return BatchedResult(logits[:, -1], diverged, logits[:, :-1] if record is not None else None)
 
 
 def _run_engine(
@@ -220,9 +238,8 @@ def _run_engine(
     """Every replica of one protocol, chunk by chunk: logits (R, Q, n_way), diverged (R,)."""
     replicas = engine.replicas
     n_rep, n_query = len(replicas), engine.query_images.shape[1]
-    logits = torch.full(
-        (n_rep, n_query, engine.n_way), float("nan"), dtype=torch.float32, device=engine.device
-    )
+    shape = (n_rep, len(engine.record) + 1, n_query, engine.n_way)
+    logits = torch.full(shape, float("nan"), dtype=torch.float32, device=engine.device)
     diverged = torch.zeros(n_rep, dtype=torch.bool, device=engine.device)
     groups: dict[int, list[int]] = {}
     for i in range(n_rep):
@@ -268,6 +285,7 @@ def _prepare(
     precision: str,
     vectorize: str = "auto",
     variant: _Variant = _Variant("sgd", None, "none", (), None),
+    record: tuple[int, ...] = (),
 ) -> _Engine:
     device = next(backbone.parameters()).device
 
@@ -339,6 +357,7 @@ def _prepare(
         vectorize=vectorize,
         masters=masters,
         episode_stats=episode_stats,
+        record=check_record_within(record, cfg.passes, "passes"),
     )
 
 
@@ -472,6 +491,17 @@ def _run_chunk(
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     momentum_buf: dict[str, torch.Tensor] = {}
     aug = Augmentation()
+    forward = per_replica(run) if loop else vmap(run, in_dims=(0, 0, 0))
+
+    def query_logits() -> torch.Tensor:
+        with torch.no_grad():
+            return _masked(forward(tp, bufs, q_in[ep]).float(), alive)
+
+    per_pass = n_steps // cfg.passes if cfg.passes else 0
+    at = {p * per_pass: j for j, p in enumerate(engine.record)}
+    recorded: list[torch.Tensor | None] = [None] * len(engine.record)
+    if 0 in at:
+        recorded[at[0]] = query_logits()
     for step in range(n_steps):
         valid = batches[:, step] >= 0
         width = int(valid[0].sum())
@@ -496,17 +526,20 @@ def _run_chunk(
         sgd_step(tp, grads, momentum_buf, lr_of, alive, step, cfg)
         for name, b in new_bufs.items():
             bufs[name] = torch.where(view_as_replicas(alive, b), b, bufs[name])
+        if step + 1 in at:
+            recorded[at[step + 1]] = query_logits()
         if bar is not None and (step % 10 == 9 or step == n_steps - 1):
             bar.set_postfix_str(f"chunk of {n}: step {step + 1}/{n_steps}")
 
-    with torch.no_grad():
-        forward = per_replica(run) if loop else vmap(run, in_dims=(0, 0, 0))
-        logits = forward(tp, bufs, q_in[ep]).float()
+    logits = query_logits()
     diverged = ~alive | ~torch.isfinite(logits).flatten(1).all(1)
-    logits = torch.where(
-        view_as_replicas(diverged, logits), torch.full_like(logits, float("nan")), logits
-    )
-    return logits, diverged
+    return torch.stack([*recorded, _masked(logits, ~diverged)], 1), diverged
+
+
+def _masked(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``logits`` (r, ...) with NaN rows where ``keep`` (r,) is False or a logit is not finite."""
+    keep = keep & torch.isfinite(logits).flatten(1).all(1)
+    return torch.where(view_as_replicas(keep, logits), logits, torch.full_like(logits, math.nan))
 
 
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
@@ -526,8 +559,9 @@ def _run_attachments(
     chunk_size: int | None,
     vectorize: str,
     bar: Any,
+    record: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, Q, n_way), diverged (R,)."""
+    """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, S, Q, n_way), diverged (R,)."""
     stats = _adabn_statistics(backbone, replicas, support_images, query_images, variant.bn_stats)
     order = sorted(range(len(replicas)), key=lambda i: (replicas[i].episode, i))
     size = chunk_size or _ATTACHMENT_CHUNK
@@ -537,7 +571,7 @@ def _run_attachments(
         out, div = adapt_batched(
             backbone, [as_strategy(replicas[i].strategy) for i in idx],
             [replicas[i].episode for i in idx], support_images, support_labels, query_images,
-            n_way, stats or None, vectorize,
+            n_way, stats or None, vectorize, record,
         )  # fmt: skip
         logits.append(out)
         diverged.append(div)

@@ -9,6 +9,7 @@ so both engines see the same head initialisation and batch order. Decisions: ``d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +119,25 @@ def set_bn_mode(backbone: Backbone, scheme: Scheme, bn_mode: str) -> None:
                     for m in top.modules():
                         if is_bn(m):
                             m.train()
+
+
+def check_record(record: Sequence[int] | None) -> tuple[int, ...]:
+    """``record`` as a sorted tuple of distinct counts >= 0 (empty for None); refuses others."""
+    if record is None:
+        return ()
+    points = tuple(record)
+    if not points or any(not isinstance(p, int) or isinstance(p, bool) or p < 0 for p in points):
+        raise ValueError(f"record must be a non-empty list of update counts >= 0, got {record!r}")
+    if list(points) != sorted(set(points)):
+        raise ValueError(f"record must be increasing without repeats, got {list(points)}")
+    return points
+
+
+def check_record_within(record: tuple[int, ...], total: int, unit: str) -> tuple[int, ...]:
+    """Refuse record points beyond the ``total`` updates a strategy makes."""
+    if record and record[-1] > total:
+        raise ValueError(
+            f"record point {record[-1]} is beyond the {total} {unit} the strategy makes; raise "
+            f"the {unit} to at least {record[-1]} or record fewer"
+        )
+    return record

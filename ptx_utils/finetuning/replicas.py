@@ -190,3 +190,66 @@ def replica_accuracies(
     accuracy = correct.double().mean(-1)
     accuracy = torch.where(diverged, torch.full_like(accuracy, math.nan), accuracy)
     return accuracy.cpu().numpy().astype(np.float64), diverged.cpu().numpy().astype(bool)
+
+
+def replica_curves(
+    model: Backbone,
+    strategies: Sequence[Strategy | Scheme],
+    episode_index: Sequence[int],
+    seeds: Sequence[int],
+    episode_tensors: EpisodeTensors,
+    n_way: int,
+    cfg: FinetuneConfig,
+    record: Sequence[int],
+    engine: str = "batched",
+    chunk_size: int | None = None,
+    progress: bool = True,
+    desc: str = "accuracy vs updates",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Query accuracy of replica i after each of ``record`` updates, from one run each.
+
+    As :func:`replica_accuracies`, with ``record`` (passes for SGD strategies, steps for
+    attachments; closed-form strategies give one value at every point).
+
+    Returns:
+        accuracy float64 (R, S), NaN where the replica had diverged by then.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    support_images, support_labels, query_images, query_labels = episode_tensors
+    dev = query_labels.device
+    if engine == "sequential":
+        rows = []
+        for strategy, e, s in zip(
+            tqdm(strategies, desc=desc, unit="replica", disable=not progress),
+            episode_index,
+            seeds,
+            strict=True,
+        ):
+            result = finetune_sequential(
+                model, strategy, support_images[e], support_labels[e], query_images[e], n_way,
+                cfg, seed=s, precision=precision, record=record,
+            )  # fmt: skip
+            assert result.recorded is not None
+            rows.append(result.recorded.to(dev))
+        recorded = torch.stack(rows)
+    else:
+        from ptx_utils.finetuning.batched import Replica, finetune_batched
+
+        replicas = [
+            Replica(strategy=strategy, episode=e, seed=s)
+            for strategy, e, s in zip(strategies, episode_index, seeds, strict=True)
+        ]
+        out = finetune_batched(
+            model, replicas, support_images, support_labels, query_images, n_way, cfg,
+            chunk_size=chunk_size, progress=progress, desc=desc, precision=precision,
+            record=record,
+        )  # fmt: skip
+        assert out.recorded is not None
+        recorded = out.recorded.to(dev)
+    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=dev)
+    correct = recorded.argmax(-1) == query_labels[index].unsqueeze(1)
+    accuracy = correct.double().mean(-1)
+    accuracy = torch.where(torch.isfinite(recorded).flatten(2).all(2), accuracy, math.nan)
+    return accuracy.cpu().numpy().astype(np.float64)

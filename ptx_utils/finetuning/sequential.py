@@ -10,6 +10,7 @@ reference solver; the feature transform sits between the backbone and the head.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,8 @@ from ptx_utils.finetuning.closed_form import closed_form_logits
 from ptx_utils.finetuning.feature_transform import apply_transform
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
+    check_record,
+    check_record_within,
     replica_plan,
     set_bn_mode,
     trainable_groups,
@@ -34,10 +37,15 @@ from ptx_utils.models import Backbone, create_head
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """Query logits (Q, n_way) (NaN when diverged) and whether the replica diverged."""
+    """Query logits (Q, n_way) (NaN when diverged) and whether the replica diverged.
+
+    ``recorded`` (with ``record``): (S, Q, n_way), the query logits after each record point,
+    NaN from the point the replica diverged on.
+    """
 
     logits: torch.Tensor
     diverged: bool
+    recorded: torch.Tensor | None = None
 
 
 def finetune_sequential(
@@ -50,6 +58,7 @@ def finetune_sequential(
     cfg: FinetuneConfig = FinetuneConfig(),  # noqa: B008  (frozen dataclass)
     seed: int = 0,
     precision: str = "fp32",
+    record: Sequence[int] | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` and a new head on one support set; score the queries.
 
@@ -60,12 +69,15 @@ def finetune_sequential(
         query_images: uint8 (Q, C, H, W).
         seed: the replica's seed (head initialisation, batch order, augmentation).
         precision: ``"fp32"``, ``"bf16"`` (bf16 autocast + channels-last) or ``"auto"``.
+        record: update counts (passes; attachments: steps) after which to keep the query logits
+            too, as :func:`~ptx_utils.finetuning.batched.finetune_batched`.
 
     Returns:
         :class:`FinetuneResult` with float32 logits (Q, n_way).
     """
     strategy = as_strategy(strategy)
     cfg = strategy.protocol(cfg)
+    points = check_record(record)
     scheme = strategy.scheme
     device = next(backbone.parameters()).device
     precision = resolve_precision(precision, device)
@@ -85,9 +97,9 @@ def finetune_sequential(
     if strategy.path == "attachments":  # TSA / LT+NCC, float32 (ptx_utils.finetuning.adapters)
         logits, _ = adapt_sequential(
             model.to(memory_format=torch.contiguous_format), strategy, support_images,
-            support_labels, query_images, n_way,
+            support_labels, query_images, n_way, points,
         )  # fmt: skip
-        return _result(logits)  # NaN logits when it diverged
+        return _result(logits[-1], logits[:-1] if record is not None else None)
     if strategy.closed_form:
         model.eval()
         with torch.no_grad():
@@ -97,7 +109,8 @@ def finetune_sequential(
             strategy.classifier, s_feats[None], support_labels.to(device)[None], q_feats[None],
             n_way, reference=True,
         )[0]  # fmt: skip
-        return _result(logits)
+        stacked = logits.expand(len(points), -1, -1) if record is not None else None
+        return _result(logits, stacked)
     groups = trainable_groups(model, scheme)
     for g in groups:
         for p in g["params"]:  # type: ignore[union-attr]
@@ -115,28 +128,43 @@ def finetune_sequential(
         dampening=cfg.dampening,
         weight_decay=cfg.weight_decay,
     )
-    set_bn_mode(model, scheme, cfg.bn_mode)
     aug = Augmentation()
     x_all = support_images.to(device)
     y_all = support_labels.to(device)
-    for row in plan.batches:
+    x_query = normalize(query_images.to(device))
+    nan = torch.full((len(query_images), n_way), float("nan"), device=device)
+
+    def query_logits() -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            out = head(features(x_query))
+        set_bn_mode(model, scheme, cfg.bn_mode)
+        return out if bool(torch.isfinite(out).all()) else nan
+
+    set_bn_mode(model, scheme, cfg.bn_mode)
+    per_pass = len(plan.batches) // cfg.passes if cfg.passes else 0
+    check_record_within(points, cfg.passes, "passes")
+    at = {p * per_pass: j for j, p in enumerate(points)}
+    recorded = [nan] * len(points)
+    if 0 in at:
+        recorded[at[0]] = query_logits()
+    for step, row in enumerate(plan.batches, 1):
         idx = row[row >= 0].to(device)
         x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
         loss = F.cross_entropy(head(features(x)), y_all[idx])  # the head in float32
         if not torch.isfinite(loss):
-            nan = torch.full((len(query_images), n_way), float("nan"), device=device)
-            return FinetuneResult(nan, diverged=True)
+            return _result(nan, torch.stack(recorded) if record is not None else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        logits = head(features(normalize(query_images.to(device))))
-    return _result(logits)
+        if step in at:
+            recorded[at[step]] = query_logits()
+    logits = query_logits()
+    return _result(logits, torch.stack(recorded) if record is not None else None)
 
 
-def _result(logits: torch.Tensor) -> FinetuneResult:
-    """Logits as they are, or NaN and diverged when any is not finite."""
+def _result(logits: torch.Tensor, recorded: torch.Tensor | None = None) -> FinetuneResult:
+    """Logits as they are, or NaN and diverged when any is not finite (``recorded`` kept)."""
     if not bool(torch.isfinite(logits).all()):
-        return FinetuneResult(torch.full_like(logits, float("nan")), diverged=True)
-    return FinetuneResult(logits, diverged=False)
+        return FinetuneResult(torch.full_like(logits, float("nan")), True, recorded)
+    return FinetuneResult(logits, False, recorded)

@@ -5,6 +5,7 @@
 - :mod:`~ptx_utils.plots.pretraining` — pre-training curves (01).
 - :mod:`~ptx_utils.plots.search` — search curves, a live plot, best-scheme heat-map (02).
 - :mod:`~ptx_utils.plots.strategies` — accuracy per strategy, per-episode spread (03).
+- :mod:`~ptx_utils.plots.steps` — accuracy against the number of updates (03).
 - :mod:`~ptx_utils.plots.shift` — searched scheme per target, accuracy vs shift (04).
 - :mod:`~ptx_utils.plots.analysis` — every run side by side (05).
 """
@@ -24,6 +25,7 @@ from ptx_utils.plots.data import class_grid, episode_figure, image_grid, shift_g
 from ptx_utils.plots.pretraining import curves_figure
 from ptx_utils.plots.search import LiveSearchPlot, scheme_heatmap, search_figure
 from ptx_utils.plots.shift import shift_figure, shift_scheme_map
+from ptx_utils.plots.steps import steps_figure
 from ptx_utils.plots.strategies import episode_distribution, strategy_figure
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "shift_overview",
     "shift_scheme_map",
     "short_label",
+    "steps_figure",
     "strategy_figure",
     "strategy_palette",
     "transfer_overview",

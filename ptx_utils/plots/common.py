@@ -48,8 +48,12 @@ def save_figure(fig: Figure, stem: str | Path, dpi: int = 150) -> list[Path]:
 
 
 def strategy_palette(names: Sequence[str]) -> dict[str, str]:
-    """name -> colour: :data:`STRATEGY_COLORS` where known, the rest of Okabe-Ito after them."""
-    spare = [c for c in OKABE_ITO if c not in STRATEGY_COLORS.values()]
+    """name -> colour: :data:`STRATEGY_COLORS` where known, then the rest of Okabe-Ito, then
+    matplotlib's ``tab20`` (the survey compares more strategies than Okabe-Ito has colours)."""
+    from matplotlib.colors import to_hex
+
+    tab20 = [to_hex(c) for c in plt.get_cmap("tab20").colors]  # type: ignore[attr-defined]
+    spare = [c for c in OKABE_ITO if c not in STRATEGY_COLORS.values()] + tab20
     palette, i = {}, 0
     for name in dict.fromkeys(names):
         if name in STRATEGY_COLORS:
