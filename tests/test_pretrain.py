@@ -128,3 +128,24 @@ def test_smoke_preset_learns_beyond_chance_and_beyond_its_initialisation(tmp_pat
     result = pretrain(cfg, train, val, tmp_path)
     assert result.best_val > 0.2 + 0.5, result.history
     assert result.best_val > before + 0.1, (before, result.history)
+
+
+def test_feature_norm_freezes_bn_affine_and_tracks_statistics(
+    tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    """FN pre-training: γ = 1, β = 0 throughout, running statistics still move."""
+    fn = pretrain(_cfg(epochs=2, feature_norm=True), *tiny, tmp_path / "fn")
+    ckpt = load_checkpoint(fn.last_checkpoint)
+    assert ckpt["meta"]["config"]["feature_norm"] is True
+    weights = {k: v for k, v in ckpt["backbone"].items() if k.endswith(("bn.weight", "bn.bias"))}
+    assert len(weights) == 8
+    for key, value in weights.items():
+        assert torch.equal(value, torch.ones_like(value) if key.endswith("weight") else
+                           torch.zeros_like(value)), key  # fmt: skip
+    means = [v for k, v in ckpt["backbone"].items() if k.endswith("running_mean")]
+    assert all(float(m.abs().sum()) > 0 for m in means)  # statistics tracked
+    plain = load_checkpoint(pretrain(_cfg(epochs=2), *tiny, tmp_path / "bn").last_checkpoint)
+    assert not torch.equal(plain["backbone"]["block1.bn.weight"], weights["block1.bn.weight"])
+    # a resumed run of a checkpoint written before the setting existed reads it as False
+    del plain["meta"]["config"]["feature_norm"]
+    assert PretrainConfig.from_dict(plain["meta"]["config"]).feature_norm is False

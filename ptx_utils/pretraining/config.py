@@ -12,6 +12,8 @@ from ptx_utils.core.device import PRECISIONS
 METHODS = ("baseline", "baseline++", "protonet")
 #: Settings of older checkpoints that ``precision`` replaced (ignored when read back).
 RETIRED = ("amp", "channels_last")
+#: Settings added since the first checkpoints, with the value those checkpoints ran with.
+ADDED_DEFAULTS: dict[str, Any] = {"feature_norm": False}
 
 
 @dataclass
@@ -31,6 +33,9 @@ class PretrainConfig:
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         precision: ``auto``, ``fp32`` or ``bf16`` (bf16 autocast + channels-last;
             :func:`~ptx_utils.core.device.resolve_precision`).
+        feature_norm: feature normalisation (FN, Yazdanpanah et al., CVPR 2022): every batch
+            norm's affine frozen at γ = 1, β = 0 for the whole pre-training (not optimised;
+            its running statistics still tracked).
     """
 
     method: str = "baseline++"
@@ -56,6 +61,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    feature_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,7 +76,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
         """Build from a dict, refusing unknown keys with the list of known ones."""
-        values = {k: v for k, v in values.items() if k not in RETIRED}
+        values = {**ADDED_DEFAULTS, **{k: v for k, v in values.items() if k not in RETIRED}}
         refuse_unknown(values, (f.name for f in fields(cls)), "pre-training parameter")
         return cls(**values)
 

@@ -37,7 +37,7 @@ from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
-from ptx_utils.pretraining.config import RETIRED, PretrainConfig, PretrainResult
+from ptx_utils.pretraining.config import ADDED_DEFAULTS, RETIRED, PretrainConfig, PretrainResult
 
 
 class _Trainer:
@@ -63,7 +63,9 @@ class _Trainer:
         self.backbone.to(self.device, memory_format=memory_format(self.precision))
         if self.head is not None:
             self.head.to(self.device)
-        params = list(self.backbone.parameters())
+        if cfg.feature_norm:
+            freeze_bn_affine(self.backbone)
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
         params += list(self.head.parameters()) if self.head is not None else []
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -175,7 +177,26 @@ def _meta(
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a config that must match to resume (the epoch count may grow)."""
     skip = ("epochs", "device", "precision", *RETIRED)
-    return {k: v for k, v in config.items() if k not in skip}
+    return {k: v for k, v in {**ADDED_DEFAULTS, **config}.items() if k not in skip}
+
+
+def freeze_bn_affine(backbone: torch.nn.Module) -> int:
+    """FN: every batch norm's weight set to 1 and bias to 0, not trainable; returns how many.
+
+    The running statistics are still tracked in training mode (Yazdanpanah et al., CVPR 2022,
+    ``Feature-Normalization``: ``weight.data.fill_(1)``, ``bias.data.zero_()``,
+    ``requires_grad = False``).
+    """
+    n = 0
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine:
+            with torch.no_grad():
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+            m.weight.requires_grad_(False)
+            m.bias.requires_grad_(False)
+            n += 1
+    return n
 
 
 def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
