@@ -11,10 +11,11 @@ import pytest
 from conftest import DATA_ROOT, requires_data_root
 
 from ptx_utils.evaluation import ROW_COLUMNS, SUMMARY_COLUMNS
+from ptx_utils.finetuning import Scheme
 from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.running.cli import main, parse_assignment
 from ptx_utils.running.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
-from ptx_utils.steps import domain_shift, searching
+from ptx_utils.steps import domain_shift, searching, transfer
 
 
 def _rows(out: str) -> dict[str, list[str]]:
@@ -90,6 +91,7 @@ FIGURES = (
     "02_scheme_explorer",
     "03_strategies",
     "03_episodes",
+    "03_steps",
     "04_schemes",
     "04_accuracy_vs_shift",
     "04_domain_shift_explorer",
@@ -97,7 +99,9 @@ FIGURES = (
     "05_domain_shift",
     "05_search",
 )
-STRATEGIES = ["searched", "linear probe", "full fine-tune", "last-1", "BN-affine"]
+#: Smoke compares the representative set: the paper's five, then the survey's cheap ones.
+STRATEGIES = list(transfer.transfer_strategies(Scheme((0.0,) * 4), strategy_set="representative"))
+assert STRATEGIES[:5] == ["searched", "linear probe", "full fine-tune", "last-1", "BN-affine"]
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -171,12 +175,21 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
     evolution = {r["k_shot"]: r["best_scheme"] for r in searches if r["method"] == "evolution"}
     assert searched == evolution
     episodes = _csv(results / "transfer_episodes.csv")
-    assert len(episodes) == 2 * 5 * 20 and list(episodes[0]) == list(ROW_COLUMNS)
+    assert len(episodes) == 2 * len(STRATEGIES) * 20 and list(episodes[0]) == list(ROW_COLUMNS)
     versus = _csv(results / "transfer_vs_searched.csv")
     assert [r["reference"] for r in versus] == STRATEGIES[1:] * 2
     assert all(r["strategy"] == "searched" and -1 <= float(r["mean_diff"]) <= 1 for r in versus)
 
-    # 04: three shift levels x five strategies, a searched scheme per level
+    # 03: accuracy against the number of updates, the smoke budget's first 4 episodes
+    steps = _csv(results / "transfer_steps_summary.csv")
+    assert [(r["k_shot"], r["passes"]) for r in steps[:3]] == [("1", "0"), ("1", "2"), ("1", "5")]
+    assert len(steps) == 2 * len(STRATEGIES) * 3 and all(int(r["n"]) == 4 for r in steps)
+    at5 = {
+        r["strategy"]: float(r["mean"]) for r in steps if r["passes"] == "5" and r["k_shot"] == "1"
+    }
+    assert set(at5) == set(STRATEGIES) and all(0 <= v <= 1 for v in at5.values())
+
+    # 04: three shift levels x every strategy, a searched scheme per level
     shift = _csv(results / "domain_shift_summary.csv")
     assert list(shift[0]) == list(domain_shift.SHIFT_SUMMARY_COLUMNS)
     assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["shift 0", "shift 0.5", "shift 1"]
@@ -187,7 +200,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
     # 05: tables for every run under the runs root (this one)
     runs = _csv(run_dir / "analysis" / "runs.csv")
     assert [r["run"] for r in runs] == ["smoke"] and runs[0]["missing"] == ""
-    assert len(_csv(run_dir / "analysis" / "transfer_table.csv")) == 10
+    assert len(_csv(run_dir / "analysis" / "transfer_table.csv")) == 2 * len(STRATEGIES)
     assert "\\toprule" in (run_dir / "analysis" / "transfer_table.tex").read_text()
 
     # the same run directory again is refused, and nothing in it changes

@@ -13,6 +13,7 @@ import torch
 
 import ptx_utils.finetuning.batched as fb
 import ptx_utils.finetuning.runner as runner_module
+import ptx_utils.finetuning.sgd_chunks as chunks
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
 from ptx_utils.finetuning.batched import Replica, finetune_batched
@@ -246,7 +247,7 @@ def test_out_of_memory_halves_chunk(conv4, episodes, monkeypatch) -> None:
     replicas = _mixed_replicas([full_finetune(4, 0.003)] * 4)  # 8 replicas, one group
     expected = _batched(conv4, replicas, episodes[1], cfg, chunk_size=8).logits
     sizes: list[int] = []
-    original = fb._run_chunk
+    original = chunks._run_chunk
 
     def fake(engine, idx, start, bar=None):
         sizes.append(len(idx))
@@ -254,7 +255,7 @@ def test_out_of_memory_halves_chunk(conv4, episodes, monkeypatch) -> None:
             raise torch.cuda.OutOfMemoryError("fake out of memory")
         return original(engine, idx, start, bar)
 
-    monkeypatch.setattr(fb, "_run_chunk", fake)
+    monkeypatch.setattr(chunks, "_run_chunk", fake)
     got = _batched(conv4, replicas, episodes[1], cfg, chunk_size=8).logits
     assert sizes == [8, 4, 2, 2, 2, 2]
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
@@ -262,7 +263,7 @@ def test_out_of_memory_halves_chunk(conv4, episodes, monkeypatch) -> None:
     def always(engine, idx, start, bar=None):
         raise torch.cuda.OutOfMemoryError("fake out of memory")
 
-    monkeypatch.setattr(fb, "_run_chunk", always)
+    monkeypatch.setattr(chunks, "_run_chunk", always)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         _batched(conv4, replicas[:2], episodes[1], cfg, chunk_size=2)
 

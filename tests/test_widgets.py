@@ -138,9 +138,28 @@ def test_widget_controls_build_the_scheme_and_the_button_redraws(
     explorer.button.click()
     outputs = explorer.output.outputs
     assert len(outputs) == 1 and "image/png" in outputs[0]["data"]
-    assert as_strategy(scheme) in explorer._scores and explorer._tried[-1] == scheme
+    assert as_strategy(scheme) in explorer._scores and explorer._tried[-1] == as_strategy(scheme)
     assert explorer.status is not None and "%" in explorer.status.value
     assert not explorer.button.disabled
+
+
+def test_adabn_and_channel_transform_toggles(explorer: W.SchemeExplorer) -> None:
+    explorer.widget()
+    assert explorer.bn_stats is not None and explorer.cit is not None
+    for d in explorer.dropdowns:
+        d.value = 0.0
+    assert explorer.current_strategy() == as_strategy(explorer.current_scheme())  # both off
+    explorer.bn_stats.value = "support"
+    explorer.cit.value = True
+    strategy = explorer.current_strategy()
+    assert strategy.bn_stats == "support" and strategy.feature_transform == "channel-importance"
+    assert explorer.button is not None and explorer.status is not None
+    explorer.button.click()
+    assert strategy in explorer._scores and "%" in explorer.status.value
+    explorer.dropdowns[3].value = 0.01  # a trained layer: the transform is refused, said so
+    explorer.button.click()
+    assert "not a valid strategy" in explorer.status.value
+    assert "frozen features" in explorer.status.value and not explorer.button.disabled
 
 
 def test_a_failed_click_says_why_in_the_output(explorer: W.SchemeExplorer) -> None:

@@ -1,17 +1,12 @@
 """Fine-tuning: strategies, the protocol, one sequential reference and one batched engine.
 
-- :mod:`~ptx_utils.finetuning.scheme` — :class:`Scheme`, per-layer learning rates; the lr zoo.
-- :mod:`~ptx_utils.finetuning.strategy` — :class:`Strategy`, how to adapt to one episode.
-- :mod:`~ptx_utils.finetuning.fixed` — linear probe, full fine-tune, last-k, BN-affine, nearest
-  centroid, logistic regression; AdaBN and the channel importance transform as options.
-- :mod:`~ptx_utils.finetuning.closed_form` — nearest centroid and logistic regression fitted on
-  frozen features, batched over episodes; :mod:`~ptx_utils.finetuning.feature_transform` (CIT);
-  :mod:`~ptx_utils.finetuning.bn_stats` (AdaBN).
-- :mod:`~ptx_utils.finetuning.protocol` — :class:`FinetuneConfig` and the replica plan.
-- :mod:`~ptx_utils.finetuning.sequential` — the reference (``torch.optim.SGD``).
-- :mod:`~ptx_utils.finetuning.batched` — the vmapped engine (+ ``functional_sgd``,
-  ``replica_bn``, ``chunking``), proven equal to the reference.
-- :mod:`~ptx_utils.finetuning.replicas` — run and score replicas with either engine.
+- :mod:`.scheme`, :mod:`.strategy`, :mod:`.fixed` — per-layer rates, :class:`Strategy`, the named
+  strategies (linear probe … nearest centroid, logistic regression, TSA, LT+NCC; AdaBN, CIT).
+- :mod:`.protocol` — :class:`FinetuneConfig` and the replica plan.
+- :mod:`.sequential` — the reference; :mod:`.batched` — the vmapped engine (:mod:`.sgd_chunks`,
+  :mod:`.closed_form`, :mod:`.adapters`, :mod:`.bn_stats`, :mod:`.feature_transform`, …),
+  proven equal to it.
+- :mod:`.replicas` — run and score replicas with either engine.
 """
 
 from ptx_utils.finetuning.batched import BatchedResult, Replica, finetune_batched

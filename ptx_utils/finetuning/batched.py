@@ -1,58 +1,35 @@
 """The batched engine: many (strategy, episode, seed) replicas in one vmapped computation.
 
 Replica by replica it gives the query logits of
-:func:`~ptx_utils.finetuning.sequential.finetune_sequential` (fp32, 1e-4), but trains a chunk of
-replicas at once: weights stacked along a leading dimension, one step is
-``vmap(grad(functional_call(...)))``, SGD written out functionally (``functional_sgd``). Frozen
-leading stages (the backbone's :meth:`~ptx_utils.models.Backbone.forward_stages`) run once per
-episode. AdaBN strategies carry their episode's batch-norm statistics per replica;
-closed-form strategies (nearest centroid, logistic regression) extract every episode's frozen
-features in batches and fit all episodes at once; attachment strategies (TSA, LT+NCC) train
-their α / β per replica with a functional Adadelta (:mod:`.adapters`). How it works and what
-it saves: ``docs/engine.md``.
+:func:`~ptx_utils.finetuning.sequential.finetune_sequential` (fp32, 1e-4). Replicas are grouped
+by how their strategies run (:attr:`~ptx_utils.finetuning.Strategy.path`): SGD in vmapped chunks
+(:mod:`.sgd_chunks`), closed-form classifiers fitted on every episode's frozen features at once
+(:mod:`.closed_form`), attachments trained by a functional Adadelta (:mod:`.adapters`).
+How it works and what it saves: ``docs/engine.md``.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
 from ptx_utils.core.device import memory_format, resolve_precision
-from ptx_utils.data.augment import Augmentation, augment
-from ptx_utils.finetuning.adapters import AdapterSpec, adapt_batched
-from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
-from ptx_utils.finetuning.chunking import auto_chunk_size
-from ptx_utils.finetuning.closed_form import closed_form_logits
-from ptx_utils.finetuning.functional_sgd import sgd_step, view_as_replicas
-from ptx_utils.finetuning.protocol import (
-    FinetuneConfig,
-    ReplicaPlan,
-    check_record,
-    check_record_within,
-    is_bn,
-    replica_plan,
-    trainable_groups,
-)
-from ptx_utils.finetuning.replica_bn import STAT_BUFFERS, make_replica_bn, set_bn_state
+from ptx_utils.finetuning.adapters import adapt_batched
+from ptx_utils.finetuning.bn_stats import episodes_statistics
+from ptx_utils.finetuning.closed_form import closed_form_logits, frozen_features
+from ptx_utils.finetuning.functional_sgd import view_as_replicas
+from ptx_utils.finetuning.protocol import FinetuneConfig, check_record
 from ptx_utils.finetuning.replicas import check_episode_tensors
-from ptx_utils.finetuning.runner import Runner, episode_inputs, grouped_prefix_output
 from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.sgd_chunks import Variant, prepare, run_engine
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
-from ptx_utils.finetuning.vectorize import VECTORIZE, loop_replicas, per_replica
-from ptx_utils.models import Backbone, create_head
-from ptx_utils.models.features import extract_features
-
-_BACKBONE = "backbone."
-_HEAD = "head."
+from ptx_utils.finetuning.vectorize import VECTORIZE
+from ptx_utils.models import Backbone
 
 
 @dataclass(frozen=True)
@@ -86,56 +63,6 @@ class BatchedResult:
     logits: torch.Tensor
     diverged: torch.Tensor
     recorded: torch.Tensor | None = None
-
-
-@dataclass(frozen=True)
-class _Variant:
-    """What, besides the protocol, replicas batched together must share."""
-
-    path: str  # Strategy.path: "sgd", "closed-form" or "attachments"
-    classifier: str | None  # a closed-form classifier, or None
-    transform: str
-    options: tuple[tuple[str, Any], ...]
-    bn_stats: str | None  # AdaBN's images ("support", "support+query"), or None
-    adapters: tuple[Any, ...] = ()  # attachments: which exist, α's init, steps
-
-    @classmethod
-    def of(cls, strategy: Strategy) -> _Variant:
-        adapters: tuple[Any, ...] = ()
-        if strategy.path == "attachments":
-            spec = AdapterSpec.of(strategy)
-            adapters = (*spec.structure, spec.steps)
-        return cls(
-            strategy.path,
-            strategy.classifier if strategy.closed_form else None,
-            strategy.feature_transform,
-            strategy.transform_options,
-            strategy.bn_stats if strategy.adapts_bn else None,
-            adapters,
-        )
-
-
-@dataclass
-class _Engine:
-    """Everything shared by the chunks of one :func:`finetune_batched` call."""
-
-    runner: Runner
-    cfg: FinetuneConfig
-    n_way: int
-    device: torch.device
-    replicas: Sequence[Replica]
-    plans: list[ReplicaPlan]
-    lrs: list[dict[str, float]]  # per replica: backbone parameter name (runner's) -> lr
-    bn_layer: dict[str, str]  # BN module name (runner's) -> its layer
-    support_images: torch.Tensor
-    support_labels: torch.Tensor
-    query_images: torch.Tensor
-    layer_lrs: list[dict[str, float]] = field(default_factory=list)
-    precision: str = "fp32"
-    vectorize: str = "auto"
-    masters: dict[str, torch.Tensor] = field(default_factory=dict)  # float32 trained weights
-    episode_stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # AdaBN
-    record: tuple[int, ...] = ()  # passes after which to keep the query logits (+ the last)
 
 
 def finetune_batched(
@@ -191,10 +118,10 @@ def finetune_batched(
     )
     # Replicas whose strategies resolve to the same protocol (head, BN mode) and variant
     # (closed form, feature transform, AdaBN) run together.
-    protocols: dict[tuple[FinetuneConfig, _Variant], list[int]] = {}
+    protocols: dict[tuple[FinetuneConfig, Variant], list[int]] = {}
     for i, r in enumerate(replicas):
         strategy = as_strategy(r.strategy)
-        key = (strategy.protocol(cfg), _Variant.of(strategy))
+        key = (strategy.protocol(cfg), Variant.of(strategy))
         protocols.setdefault(key, []).append(i)
     device = next(backbone.parameters()).device
     precision = resolve_precision(precision, device)
@@ -219,327 +146,17 @@ def finetune_batched(
                 )  # fmt: skip
                 out = out.unsqueeze(1).expand(-1, len(points) + 1, -1, -1)  # nothing trains
             else:
-                engine = _prepare(
+                engine = prepare(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     protocol, precision, vectorize, variant, points,
                 )  # fmt: skip
-                out, div = _run_engine(engine, chunk_size, frozen_prefix, bar)
+                out, div = run_engine(engine, chunk_size, frozen_prefix, bar)
             sel = torch.tensor(members, device=device)
             logits[sel] = out
             diverged[sel] = div
     finally:
         bar.close()
     return BatchedResult(logits[:, -1], diverged, logits[:, :-1] if record is not None else None)
-
-
-def _run_engine(
-    engine: _Engine, chunk_size: int | None, frozen_prefix: bool, bar: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every replica of one protocol, chunk by chunk: logits (R, Q, n_way), diverged (R,)."""
-    replicas = engine.replicas
-    n_rep, n_query = len(replicas), engine.query_images.shape[1]
-    shape = (n_rep, len(engine.record) + 1, n_query, engine.n_way)
-    logits = torch.full(shape, float("nan"), dtype=torch.float32, device=engine.device)
-    diverged = torch.zeros(n_rep, dtype=torch.bool, device=engine.device)
-    groups: dict[int, list[int]] = {}
-    for i in range(n_rep):
-        k = engine.runner.split.frozen_prefix(engine.layer_lrs[i]) if frozen_prefix else 0
-        groups.setdefault(k, []).append(i)
-    size = chunk_size or auto_chunk_size(
-        engine.runner.backbone,
-        engine.support_images[0, :1],
-        images=max(3 * engine.cfg.batch_size, engine.query_images.shape[1]),
-        n_rep=n_rep,
-    )
-    for k in sorted(groups, reverse=True):
-        members = sorted(groups[k], key=lambda i: (replicas[i].episode, i))
-        pos = 0
-        while pos < len(members):
-            idx = members[pos : pos + size]
-            try:
-                out, div = _run_chunk(engine, idx, k, bar)
-            except torch.cuda.OutOfMemoryError:
-                if len(idx) == 1:
-                    raise
-                size = max(1, len(idx) // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                bar.set_postfix_str(f"out of memory: chunk size {size}")
-                continue
-            sel = torch.tensor(idx, device=engine.device)
-            logits[sel] = out
-            diverged[sel] = div
-            pos += len(idx)
-            bar.update(len(idx))
-    return logits, diverged
-
-
-def _prepare(
-    backbone: Backbone,
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    cfg: FinetuneConfig,
-    precision: str,
-    vectorize: str = "auto",
-    variant: _Variant = _Variant("sgd", None, "none", (), None),
-    record: tuple[int, ...] = (),
-) -> _Engine:
-    device = next(backbone.parameters()).device
-
-    model = copy.deepcopy(backbone).to(memory_format=memory_format(precision))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
-    head = create_head(cfg.head, model.out_dim, n_way).to(device)
-    for p in head.parameters():
-        p.requires_grad_(False)
-    runner = Runner(model, head, (variant.transform, dict(variant.options)))
-    # AdaBN: from the float32 copy, before any bf16 cast (both engines alike)
-    episode_stats = _adabn_statistics(
-        model, replicas, support_images, query_images, variant.bn_stats, precision
-    )
-    masters = {name: p.detach().clone() for name, p in runner.named_parameters()}
-    if precision == "bf16":  # bf16 backbone; batch norm and the head stay float32
-        model.to(torch.bfloat16)
-        for m in model.modules():
-            if is_bn(m):
-                m.float()
-
-    names = {id(p): _BACKBONE + n for n, p in model.named_parameters()}
-    cache: dict[Scheme, tuple[dict[str, float], dict[str, float]]] = {}
-    lrs, layer_lrs = [], []
-    for r in replicas:
-        if r.scheme not in cache:
-            groups = trainable_groups(model, r.scheme)  # also checks the scheme
-            per_param = {
-                names[id(p)]: float(g["lr"])  # type: ignore[arg-type]
-                for g in groups
-                for p in g["params"]  # type: ignore[attr-defined]
-            }
-            per_layer = dict(zip(model.layer_names(), r.scheme.lrs, strict=True))
-            cache[r.scheme] = (per_param, per_layer)
-        lrs.append(cache[r.scheme][0])
-        layer_lrs.append(cache[r.scheme][1])
-
-    bn_layer: dict[str, str] = {}
-    if cfg.bn_mode == "train":
-        for layer, mods in model.layer_modules().items():
-            for top in mods:
-                for m in top.modules():
-                    if is_bn(m):
-                        qual = _BACKBONE + _qualified_name(model, m)
-                        bn_layer[qual] = layer
-                        make_replica_bn(m, qual + ".")
-    if precision == "bf16":  # every batch norm takes bf16 activations with float32 statistics
-        for qual, m in model.named_modules():
-            if is_bn(m) and _BACKBONE + qual not in bn_layer:
-                make_replica_bn(m, _BACKBONE + qual + ".")
-
-    n_support = support_images.shape[1]
-    plans = [replica_plan(r.seed, n_support, n_way, model.out_dim, cfg) for r in replicas]
-    return _Engine(
-        runner=runner,
-        cfg=cfg,
-        n_way=n_way,
-        device=device,
-        replicas=replicas,
-        plans=plans,
-        lrs=lrs,
-        bn_layer=bn_layer,
-        support_images=support_images,
-        support_labels=support_labels,
-        query_images=query_images,
-        layer_lrs=layer_lrs,
-        precision=precision,
-        vectorize=vectorize,
-        masters=masters,
-        episode_stats=episode_stats,
-        record=check_record_within(record, cfg.passes, "passes"),
-    )
-
-
-def _adabn_statistics(
-    model: Backbone,
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    query_images: torch.Tensor,
-    bn_stats: str | None,
-    precision: str = "fp32",
-) -> dict[int, dict[str, torch.Tensor]]:
-    """AdaBN's statistics of each episode the replicas use (empty without AdaBN)."""
-    if bn_stats is None:
-        return {}
-    return {
-        e: episode_statistics(
-            model, statistics_images(support_images[e], query_images[e], bn_stats), precision
-        )
-        for e in sorted({r.episode for r in replicas})
-    }
-
-
-def _qualified_name(root: nn.Module, module: nn.Module) -> str:
-    for name, m in root.named_modules():
-        if m is module:
-            return name
-    raise RuntimeError("module not found in its backbone")  # pragma: no cover
-
-
-# -- one chunk ----------------------------------------------------------------------------------
-
-
-def _run_chunk(
-    engine: _Engine, idx: list[int], start: int, bar: Any = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fine-tune replicas ``idx`` together (stages ``< start`` frozen in all of them).
-
-    Returns:
-        logits float32 (r, Q, n_way) with NaN rows for diverged replicas, diverged bool (r,).
-    """
-    cfg, dev, runner = engine.cfg, engine.device, engine.runner
-    n = len(idx)
-    reps = [engine.replicas[i] for i in idx]
-    plans = [engine.plans[i] for i in idx]
-
-    # Episodes of the chunk; replica -> local episode index.
-    episodes = sorted({r.episode for r in reps})
-    local = {e: j for j, e in enumerate(episodes)}
-    ep = torch.tensor([local[r.episode] for r in reps], device=dev)
-    ep_sel = torch.tensor(episodes)
-    s_img = engine.support_images[ep_sel].to(dev)
-    s_lab = engine.support_labels[ep_sel].to(dev)
-    q_img = engine.query_images[ep_sel].to(dev)
-    precision = engine.precision
-    stats = [engine.episode_stats[e] for e in episodes] if engine.episode_stats else None
-    s_in = None if cfg.augment else episode_inputs(runner, s_img, start, precision, stats)
-    q_in = episode_inputs(runner, q_img, start, precision, stats)
-
-    # Stacked trainable tensors: backbone parameters some replica trains, and the head.
-    lr_of: dict[str, torch.Tensor] = {}
-    params = dict(runner.named_parameters())
-    trained = sorted({name for i in idx for name in engine.lrs[i]}, key=list(params).index)
-    for name in trained:
-        lr_of[name] = torch.tensor([engine.lrs[i].get(name, 0.0) for i in idx], device=dev)
-    head_lr = torch.tensor([r.scheme.head_lr for r in reps], device=dev)
-    tp: dict[str, torch.Tensor] = {
-        name: engine.masters[name].expand(n, *params[name].shape).clone() for name in trained
-    }
-    tp[_HEAD + "weight"] = torch.stack([p.head_weight for p in plans]).to(dev)
-    lr_of[_HEAD + "weight"] = head_lr
-    if getattr(runner.head, "bias", None) is not None:
-        tp[_HEAD + "bias"] = torch.stack([p.head_bias for p in plans]).to(dev)
-        lr_of[_HEAD + "bias"] = head_lr
-
-    # AdaBN: every replica's running statistics are its episode's.
-    bufs: dict[str, torch.Tensor] = {}
-    if stats is not None:
-        for name in stats[0]:
-            bufs[_BACKBONE + name] = torch.stack(
-                [engine.episode_stats[r.episode][name] for r in reps]
-            )
-
-    # Batch norm in train mode: per-replica flags and running statistics.
-    static_flags: dict[str, bool] = {}
-    flags: dict[str, torch.Tensor] = {}
-    buffers = dict(runner.named_buffers())
-    for bn, layer in engine.bn_layer.items():
-        on = torch.tensor([engine.layer_lrs[i][layer] > 0 for i in idx], device=dev)
-        if bool(on.all()):
-            static_flags[bn] = True
-        elif not bool(on.any()):
-            static_flags[bn] = False
-        else:
-            flags[bn] = on
-        if bool(on.any()):
-            for suffix in STAT_BUFFERS:
-                b = buffers.get(f"{bn}.{suffix}")
-                if b is not None and f"{bn}.{suffix}" not in bufs:
-                    bufs[f"{bn}.{suffix}"] = b.expand(n, *b.shape).clone()
-
-    # bf16: the float32 weights are cast on the way in (autocast does not reach inside vmap).
-    dtypes = {name: p.dtype for name, p in params.items()}
-    act = torch.bfloat16 if precision == "bf16" else torch.float32
-
-    def run(tp: dict[str, torch.Tensor], bufs: dict[str, torch.Tensor], x: torch.Tensor) -> Any:
-        weights = {k: v.to(dtypes[k]) for k, v in tp.items()}
-        return functional_call(runner, {**weights, **bufs}, (x.to(act), start))
-
-    def loss_fn(
-        tp: dict[str, torch.Tensor],
-        bufs: dict[str, torch.Tensor],
-        flags: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        collect: dict[str, torch.Tensor] = {}
-        set_bn_state(runner, engine.bn_layer, {**static_flags, **flags}, collect)
-        try:
-            logits = run(tp, bufs, x)
-        finally:
-            set_bn_state(runner, engine.bn_layer, {}, None)
-        return F.cross_entropy(logits.float(), y), collect
-
-    single = grad_and_value(loss_fn, has_aux=True)
-    pixels = q_in.shape[-1] * q_in.shape[-2] if q_in.ndim == 5 else 0
-    loop = loop_replicas(engine.vectorize, dev, [params[name] for name in trained], pixels)
-    step_fn = per_replica(single) if loop else vmap(single, in_dims=(0, 0, 0, 0, 0))
-
-    batches = torch.stack([p.batches for p in plans]).to(dev)  # (n, steps, batch)
-    n_steps = batches.shape[1]
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
-    momentum_buf: dict[str, torch.Tensor] = {}
-    aug = Augmentation()
-    forward = per_replica(run) if loop else vmap(run, in_dims=(0, 0, 0))
-
-    def query_logits() -> torch.Tensor:
-        with torch.no_grad():
-            return _masked(forward(tp, bufs, q_in[ep]).float(), alive)
-
-    per_pass = n_steps // cfg.passes if cfg.passes else 0
-    at = {p * per_pass: j for j, p in enumerate(engine.record)}
-    recorded: list[torch.Tensor | None] = [None] * len(engine.record)
-    if 0 in at:
-        recorded[at[0]] = query_logits()
-    for step in range(n_steps):
-        valid = batches[:, step] >= 0
-        width = int(valid[0].sum())
-        if not bool((valid.sum(1) == width).all()) or not bool(valid[:, :width].all()):
-            raise RuntimeError(
-                "replica plans disagree on the mini-batch layout"
-            )  # pragma: no cover
-        b_idx = batches[:, step, :width]
-        y = s_lab[ep.unsqueeze(1), b_idx]
-        if cfg.augment:
-            x = torch.stack(
-                [augment(s_img[ep[r]][b_idx[r]], aug, plans[r].generator) for r in range(n)]
-            )
-            if start:  # replica r's images with its episode's statistics (AdaBN)
-                per = [stats[int(ep[r])] for r in range(n)] if stats is not None else None
-                x = grouped_prefix_output(runner, x, start, precision, per)
-        else:
-            assert s_in is not None
-            x = s_in[ep.unsqueeze(1), b_idx]
-        grads, (loss, new_bufs) = step_fn(tp, bufs, flags, x, y)
-        alive = alive & torch.isfinite(loss)
-        sgd_step(tp, grads, momentum_buf, lr_of, alive, step, cfg)
-        for name, b in new_bufs.items():
-            bufs[name] = torch.where(view_as_replicas(alive, b), b, bufs[name])
-        if step + 1 in at:
-            recorded[at[step + 1]] = query_logits()
-        if bar is not None and (step % 10 == 9 or step == n_steps - 1):
-            bar.set_postfix_str(f"chunk of {n}: step {step + 1}/{n_steps}")
-
-    logits = query_logits()
-    diverged = ~alive | ~torch.isfinite(logits).flatten(1).all(1)
-    return torch.stack([*recorded, _masked(logits, ~diverged)], 1), diverged
-
-
-def _masked(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``logits`` (r, ...) with NaN rows where ``keep`` (r,) is False or a logit is not finite."""
-    keep = keep & torch.isfinite(logits).flatten(1).all(1)
-    return torch.where(view_as_replicas(keep, logits), logits, torch.full_like(logits, math.nan))
 
 
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
@@ -555,14 +172,15 @@ def _run_attachments(
     support_labels: torch.Tensor,
     query_images: torch.Tensor,
     n_way: int,
-    variant: _Variant,
+    variant: Variant,
     chunk_size: int | None,
     vectorize: str,
     bar: Any,
     record: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, S, Q, n_way), diverged (R,)."""
-    stats = _adabn_statistics(backbone, replicas, support_images, query_images, variant.bn_stats)
+    episodes = [r.episode for r in replicas]
+    stats = episodes_statistics(backbone, episodes, support_images, query_images, variant.bn_stats)
     order = sorted(range(len(replicas)), key=lambda i: (replicas[i].episode, i))
     size = chunk_size or _ATTACHMENT_CHUNK
     logits, diverged = [], []
@@ -594,7 +212,7 @@ def _run_closed_form(
     support_labels: torch.Tensor,
     query_images: torch.Tensor,
     n_way: int,
-    variant: _Variant,
+    variant: Variant,
     precision: str,
     bar: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -606,7 +224,7 @@ def _run_closed_form(
     per_episode: dict[int, torch.Tensor] = {}
     for pos in range(0, len(episodes), _CLOSED_FORM_EPISODES):
         chunk = episodes[pos : pos + _CLOSED_FORM_EPISODES]
-        s_feats, q_feats = _frozen_features(
+        s_feats, q_feats = frozen_features(
             model, chunk, support_images, query_images, variant.bn_stats, precision
         )
         labels = support_labels[torch.tensor(chunk, device=support_labels.device)].to(device)
@@ -623,41 +241,6 @@ def _run_closed_form(
     )
     bar.update(len(replicas))
     return logits, diverged
-
-
-def _frozen_features(
-    model: Backbone,
-    episodes: list[int],
-    support_images: torch.Tensor,
-    query_images: torch.Tensor,
-    bn_stats: str | None,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support (E, N, D) and query (E, Q, D) float32 features of ``episodes``.
-
-    Without AdaBN every image goes through in batches of 256; with it, episode by episode, each
-    with its own statistics.
-    """
-    device = next(model.parameters()).device
-    sel = torch.tensor(episodes, device=support_images.device)
-    s_img, q_img = support_images[sel], query_images[sel]
-    e, n, q = len(episodes), s_img.shape[1], q_img.shape[1]
-    if bn_stats is None:
-        feats = extract_features(model, torch.cat([s_img.flatten(0, 1), q_img.flatten(0, 1)]),
-                                 device, precision=precision)  # fmt: skip
-        return feats[: e * n].unflatten(0, (e, n)), feats[e * n :].unflatten(0, (e, q))
-    saved = {k: v.clone() for k, v in model.named_buffers()}
-    s_out, q_out = [], []
-    try:
-        for s, qq in zip(s_img, q_img, strict=True):
-            load_statistics(model, episode_statistics(model, statistics_images(s, qq, bn_stats),
-                                                      precision))  # fmt: skip
-            feats = extract_features(model, torch.cat([s, qq]), device, precision=precision)
-            s_out.append(feats[:n])
-            q_out.append(feats[n:])
-    finally:
-        load_statistics(model, saved)
-    return torch.stack(s_out), torch.stack(q_out)
 
 
 __all__ = ["BatchedResult", "Replica", "finetune_batched"]

@@ -1,20 +1,16 @@
 """AdaBN: batch-norm running statistics re-estimated on an episode (Li et al., ICLR-W 2017).
 
-A strategy with ``bn_stats="support"`` replaces every batch norm's running mean and variance by
-those of the episode's support images before it adapts; ``"support+query"`` uses support and
-query images together (transductive: it sees the unlabelled test images). The statistics come
-from one forward pass of all those images at once with every batch norm in training mode and
-``momentum=None`` after a reset, i.e. exactly the batch's mean and unbiased variance, layer after
-layer (each layer normalised by its own new statistics, as AdaBN). Nothing else changes: the
-strategy then fine-tunes (or not) under the protocol's BN mode, starting from these statistics.
-
-Both engines take the statistics from :func:`episode_statistics`, in float32 whatever the
-precision, so they agree exactly.
+``bn_stats="support"`` replaces every batch norm's running mean and variance by those of the
+episode's support images before the strategy adapts; ``"support+query"`` uses the queries too
+(transductive). One forward pass of those images, every batch norm in training mode with
+``momentum=None`` after a reset: the batch's mean and unbiased variance, layer after layer. Both
+engines take them from :func:`episode_statistics`, in float32. ``docs/strategies.md``.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -97,3 +93,23 @@ def statistics_images(
     if bn_stats == "support+query":
         return torch.cat([support_images, query_images])
     raise ValueError(f"AdaBN needs bn_stats 'support' or 'support+query', got {bn_stats!r}")
+
+
+def episodes_statistics(
+    model: nn.Module,
+    episodes: Iterable[int],
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    bn_stats: str | None,
+    precision: str = "fp32",
+) -> dict[int, dict[str, torch.Tensor]]:
+    """AdaBN's statistics of each of ``episodes`` (indices into the stacked tensors), or {}
+    without AdaBN (``bn_stats`` None)."""
+    if bn_stats is None:
+        return {}
+    return {
+        e: episode_statistics(
+            model, statistics_images(support_images[e], query_images[e], bn_stats), precision
+        )
+        for e in sorted(set(episodes))
+    }

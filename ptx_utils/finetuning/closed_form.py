@@ -1,25 +1,11 @@
-"""Classifiers fitted on frozen features without gradient steps: nearest centroid and logistic
-regression, batched over episodes.
+"""Classifiers fitted on frozen features without gradient steps, batched over episodes.
 
-- **Nearest centroid** (``"ncc-euclidean"``, ``"ncc-cosine"``): ProtoNet's classifier, nothing
-  trained — query logits are the negative squared Euclidean distance (or the cosine similarity) to
-  each class's mean support feature.
-- **Logistic regression** (``"logistic-regression"``), as RFS (Tian et al., ECCV 2020) and
-  SimpleShot: features L2-normalised, then multinomial logistic regression with an L2 penalty on
-  the weights and an unpenalised bias, in scikit-learn's convention ``0.5 ||W||² + C Σ_i CE_i``
-  with RFS's ``C = 1`` (``LogisticRegression(C=1.0, solver="lbfgs", multi_class="multinomial")``),
-  fitted to convergence. The optimum's weights lie in the span of the support features
-  (``W = A X``), so :func:`fit_logistic_regression` solves for ``A`` (n_way × N) and the bias by a
-  damped Newton method with a backtracking line search, float64, every episode at once; it stops
-  when the gradient norm (of the original problem in ``W``, reported) is below ``tol``.
-  :func:`logistic_regression_reference` fits the same problem in ``W`` directly with
-  :class:`torch.optim.LBFGS` (one episode) — the sequential reference; the two agree because the
-  problem is strictly convex in ``W``. The bias is centred (mean 0 over classes), which fixes the
-  constant the softmax cannot see, so logits are unique. Deviation from RFS: no augmented copies
-  of the support set (RFS adds 5).
-
-A feature transform (:mod:`~ptx_utils.finetuning.feature_transform`) is applied first, to
-support and query alike, by :func:`closed_form_logits`.
+Nearest centroid (``"ncc-euclidean"``, ``"ncc-cosine"``; ProtoNet's classifier) and logistic
+regression (``"logistic-regression"``, RFS / SimpleShot: L2-normalised features, the objective
+``0.5 ||W||² + C Σ CE`` with C = 1, bias unpenalised, fitted to convergence). The batched fit is a
+damped Newton method in the span of the support features; :func:`logistic_regression_reference`
+is the sequential reference (``torch.optim.LBFGS`` on W); the problem is strictly convex in W,
+so they agree. Settings and deviations: ``docs/strategies.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
 from ptx_utils.finetuning.feature_transform import apply_transform
+from ptx_utils.models.features import extract_features
 from ptx_utils.models.heads import prototype_logits
 
 #: RFS's inverse regularisation strength (scikit-learn's ``C``).
@@ -265,3 +253,38 @@ def closed_form_logits(
     else:
         fit = fit_logistic_regression(support, labels, n_way)
     return fit.logits(query).float()
+
+
+def frozen_features(
+    model: torch.nn.Module,
+    episodes: list[int],
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    bn_stats: str | None,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support (E, N, D) and query (E, Q, D) float32 features of ``episodes``.
+
+    Without AdaBN every image goes through in batches of 256; with it, episode by episode, each
+    with its own statistics.
+    """
+    device = next(model.parameters()).device
+    sel = torch.tensor(episodes, device=support_images.device)
+    s_img, q_img = support_images[sel], query_images[sel]
+    e, n, q = len(episodes), s_img.shape[1], q_img.shape[1]
+    if bn_stats is None:
+        feats = extract_features(model, torch.cat([s_img.flatten(0, 1), q_img.flatten(0, 1)]),
+                                 device, precision=precision)  # fmt: skip
+        return feats[: e * n].unflatten(0, (e, n)), feats[e * n :].unflatten(0, (e, q))
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    s_out, q_out = [], []
+    try:
+        for s, qq in zip(s_img, q_img, strict=True):
+            load_statistics(model, episode_statistics(model, statistics_images(s, qq, bn_stats),
+                                                      precision))  # fmt: skip
+            feats = extract_features(model, torch.cat([s, qq]), device, precision=precision)
+            s_out.append(feats[:n])
+            q_out.append(feats[n:])
+    finally:
+        load_statistics(model, saved)
+    return torch.stack(s_out), torch.stack(q_out)

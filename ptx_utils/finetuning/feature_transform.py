@@ -1,18 +1,10 @@
 """Parameter-free transforms of the features before the classifier (a strategy's option).
 
-- ``"channel-importance"`` — the channel importance transform of Luo, Xu and Xu (ICML 2022,
-  "Channel Importance Matters in Few-Shot Image Classification"):
-  ``φ_k(x) = 1 / ln(1/x + 1)^k`` with ``k = 1.3``, applied at test time to the pooled features of
-  support and query alike, before any L2 normalisation (a cosine head or logistic regression
-  normalises after it). Exactly as the authors' code (``Channel_Importance_FSL``,
-  ``architectures/classifier/proto_head.py``, ``simple_transform``): with
-  ``ψ(x) = 1 / ln(1 / (x + 1e-5) + 1)^k`` it returns ``ψ(max(x, 0)) − ψ(max(−x, 0))``, i.e.
-  ``ψ(x) − ψ(0)`` for x ≥ 0 (ψ(0) ≈ 0.0417 at k = 1.3) and the odd extension below 0 (the
-  kit's backbones end with a ReLU, so their features are non-negative).
-
-φ is increasing, φ(0) = 0 and φ(x) ≈ x^k for large x: it lifts small channels relative to
-large ones. It is concave for every x > 0 when k = 1; for k > 1 it is concave on (0, x*] and
-convex beyond (x* ≈ 0.344 for k = 1.3).
+``"channel-importance"`` — Luo, Xu and Xu (ICML 2022): ``φ_k(x) = 1 / ln(1/x + 1)^k``, k = 1.3,
+on the frozen features of support and query, before any L2 normalisation, computed exactly as
+the authors' ``simple_transform`` (1e-5 inside the reciprocal, both signs: φ(0) = 0, odd). φ is
+increasing; concave on (0, x*] and convex beyond (x* ≈ 0.344 at k = 1.3; concave everywhere at
+k = 1). ``docs/strategies.md``.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ _COMMON: dict[str, Any] = {
     "base_split": "train",
     "val_split": "val",
     "novel_split": "test",
+    "strategy_set": "all",
 }
 
 # Pre-training settings per preset (keys of ptx_utils.pretraining.PretrainConfig); notebooks merge
@@ -90,15 +91,30 @@ _SHIFT: dict[str, dict[str, Any]] = {
     },
 }
 
+# Notebook 03's accuracy against the number of updates: one run per strategy on the first
+# n_episodes test episodes, scored after each of ``passes`` (the survey's 5 ... 200).
+_STEPS: dict[str, dict[str, Any]] = {
+    "smoke": {"passes": [0, 2, 5], "n_episodes": 4},
+    "demo": {"passes": [0, 5, 10, 25, 50], "n_episodes": 10},
+    "paper": {"passes": [0, 5, 10, 25, 50, 100, 200], "n_episodes": 100},
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         **_COMMON,
+        "strategy_set": "representative",
         "n_query": 5,
         "n_val_episodes": 4,
         "n_test_episodes": 20,
         "explore_episodes": 2,
     },
-    "demo": {**_COMMON, "k_shots": [1], "n_val_episodes": 6, "n_test_episodes": 80},
+    "demo": {
+        **_COMMON,
+        "k_shots": [1],
+        "n_val_episodes": 6,
+        "n_test_episodes": 80,
+        "strategy_set": "representative",
+    },
     "paper": {**_COMMON, "n_val_episodes": 20, "n_test_episodes": 600},
 }
 for _name, _preset in PRESETS.items():
@@ -106,6 +122,7 @@ for _name, _preset in PRESETS.items():
     _preset["search"] = _SEARCH[_name]
     _preset["finetune"] = _FINETUNE[_name]
     _preset["shift"] = _SHIFT[_name]
+    _preset["steps_curve"] = _STEPS[_name]
 
 
 def get_preset(name: str) -> dict[str, Any]:

@@ -167,6 +167,7 @@ def run_domain_shift(
     cfg: FinetuneConfig,
     run_dir: str | Path,
     runtime: Runtime | None = None,
+    strategy_set: str = "paper",
 ) -> DomainShiftResult:
     """Search a scheme on each target's validation classes (episodes ``val``), then test it beside
     the fixed strategies on the target's novel classes (episodes ``test``); write everything.
@@ -174,7 +175,8 @@ def run_domain_shift(
     Searches go to ``run_dir/shift/<target>/`` and the tests to ``run_dir/shift/<target>/test/``
     (both resume from there); results to
     ``run_dir/results/domain_shift_{episodes,summary,schemes}.csv``, ``domain_shift_summary.tex``
-    and ``domain_shift_provenance.json``, which must not exist yet.
+    and ``domain_shift_provenance.json``, which must not exist yet. ``strategy_set`` chooses
+    the strategies beside the searched scheme (:func:`~.transfer.transfer_strategies`).
     """
     runtime = Runtime() if runtime is None else runtime
     seed = runtime.seed
@@ -205,7 +207,7 @@ def run_domain_shift(
         )
         searches[target.label] = result
         best = result.best
-        strategies = transfer_strategies(best.scheme)
+        strategies = transfer_strategies(best.scheme, strategy_set=strategy_set)
         rows = evaluate_strategies(
             backbone, strategies, target.test, test.sample(target.test, seed=seed), cfg,
             runtime=runtime, checkpoint_dir=Path(run_dir) / "shift" / target.slug / "test",

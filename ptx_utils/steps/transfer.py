@@ -1,8 +1,9 @@
-"""Notebook 03's step: the searched scheme beside the fixed strategies, on identical episodes."""
+"""Notebook 03's step: the searched scheme beside the fixed and the survey's strategies, on
+identical episodes; and accuracy against the number of updates."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from ptx_utils.core.io import atomic_write_text, refuse_existing
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeSetting
-from ptx_utils.evaluation import Evaluation, evaluate_strategies, paired_table, write_results
+from ptx_utils.evaluation import (
+    Evaluation,
+    evaluate_steps,
+    evaluate_strategies,
+    mean_ci_latex,
+    paired_table,
+    steps_summary,
+    write_results,
+)
 from ptx_utils.finetuning import (
     FinetuneConfig,
     Scheme,
@@ -22,6 +31,12 @@ from ptx_utils.finetuning import (
     full_finetune,
     last_k,
     linear_probe,
+    logistic_regression,
+    lt_ncc,
+    nearest_centroid,
+    tsa,
+    with_adabn,
+    with_channel_importance,
 )
 from ptx_utils.models import Backbone
 
@@ -39,13 +54,61 @@ def fixed_strategies(
     }
 
 
+def survey_strategies(searched: Strategy | Scheme, head_lr: float) -> dict[str, Strategy]:
+    """The survey's strategies beside the paper's: fitted on frozen features (nearest centroid,
+    logistic regression; with the channel importance transform), AdaBN (support, and
+    transductive), TSA and LT+NCC (``docs/strategies.md``)."""
+    searched = as_strategy(searched)
+    n = len(searched.lrs)
+    ncc = nearest_centroid(n, "cosine")
+    return {
+        "nearest centroid (euc)": nearest_centroid(n, "euclidean"),
+        "nearest centroid (cos)": ncc,
+        "logistic regression": logistic_regression(n),
+        "nearest centroid (cos) + CIT": with_channel_importance(ncc),
+        "logistic regression + CIT": with_channel_importance(logistic_regression(n)),
+        "linear probe + CIT": with_channel_importance(linear_probe(n, head_lr)),
+        "nearest centroid (cos) + AdaBN": with_adabn(ncc),
+        "nearest centroid (cos) + AdaBN (transductive)": with_adabn(ncc, transductive=True),
+        "linear probe + AdaBN": with_adabn(linear_probe(n, head_lr)),
+        "searched + AdaBN": with_adabn(searched),
+        "LT+NCC": lt_ncc(n),
+        "TSA": tsa(n),
+    }
+
+
+#: ``strategy_set`` values: which strategies notebooks 03 and 04 compare. ``"paper"``: the
+#: searched scheme and the paper's four fixed strategies; ``"representative"`` (demo, smoke):
+#: those and every survey strategy that costs no more than a linear probe; ``"all"``: every one.
+STRATEGY_SETS = ("paper", "representative", "all")
+#: The survey strategies ``"representative"`` leaves out: each costs a fine-tuning or more (TSA's
+#: 40 full-batch steps through the whole backbone: 1.8 s a 5-shot replica at 32×32 on 2 cores,
+#: six times the smoke preset's full fine-tune).
+_COSTLY = ("linear probe + CIT", "linear probe + AdaBN", "searched + AdaBN", "TSA")
+
+
 def transfer_strategies(
-    searched: Strategy | Scheme, head_lr: float | None = None
+    searched: Strategy | Scheme, head_lr: float | None = None, strategy_set: str = "paper"
 ) -> dict[str, Strategy]:
-    """``searched`` first, then :func:`fixed_strategies` with the searched scheme's head lr."""
+    """``searched`` first, then :func:`fixed_strategies` with the searched scheme's head lr, then
+    (``strategy_set`` ``"representative"`` or ``"all"``) :func:`survey_strategies`.
+
+    Example:
+        >>> names = transfer_strategies(Scheme((0, 0, 0.01, 0.1)), strategy_set="all")
+        >>> list(names)[:3], len(names)
+        (['searched', 'linear probe', 'full fine-tune'], 17)
+    """
+    if strategy_set not in STRATEGY_SETS:
+        raise ValueError(f"strategy_set must be one of {STRATEGY_SETS}, got {strategy_set!r}")
     searched = as_strategy(searched)
     head = searched.head_lr if head_lr is None else head_lr
-    return {"searched": searched, **fixed_strategies(len(searched.lrs), head)}
+    named = {"searched": searched, **fixed_strategies(len(searched.lrs), head)}
+    if strategy_set != "paper":
+        survey = survey_strategies(searched, head)
+        if strategy_set == "representative":
+            survey = {k: v for k, v in survey.items() if k not in _COSTLY}
+        named.update(survey)
+    return named
 
 
 def evaluate_shots(
@@ -105,4 +168,47 @@ def write_transfer(run_dir: str | Path, evaluation: Evaluation) -> dict[str, Pat
     differences = searched_differences(evaluation.rows)
     paths = write_results(run_dir, evaluation, "transfer", reference="linear probe")
     paths["vs_searched"] = atomic_write_text(target, differences.to_csv(index=False))
+    return paths
+
+
+def accuracy_vs_updates(
+    backbone: Backbone,
+    strategies: Mapping[int, Mapping[str, Strategy | Scheme]],
+    dataset: FewShotDataset,
+    setting: EpisodeSetting,
+    cfg: FinetuneConfig,
+    passes: Sequence[int],
+    runtime: Runtime | None = None,
+) -> pd.DataFrame:
+    """:func:`~ptx_utils.evaluation.evaluate_steps` for each ``k_shot -> strategies`` on the first
+    ``setting.n_episodes`` of that shot's test episodes (the same episodes, seeds and replica
+    seeds as :func:`evaluate_shots`, so the point at the protocol's passes repeats its scores)."""
+    runtime = Runtime() if runtime is None else runtime
+    frames = []
+    for k_shot, named in strategies.items():
+        episodes = setting.with_shot(k_shot).sample(dataset, seed=runtime.seed)
+        frames.append(evaluate_steps(backbone, named, dataset, episodes, cfg, passes, runtime))
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_steps(run_dir: str | Path, rows: pd.DataFrame) -> dict[str, Path]:
+    """Write :func:`accuracy_vs_updates`' rows under ``run_dir/results/``: ``transfer_steps.csv``
+    (one row per strategy × episode × update count), ``transfer_steps_summary.csv`` and ``.tex``
+    (mean ± 95 % CI, a column per update count). Nothing existing is replaced."""
+    results = Path(run_dir) / "results"
+    paths = {
+        "rows": results / "transfer_steps.csv",
+        "summary": results / "transfer_steps_summary.csv",
+        "latex": results / "transfer_steps_summary.tex",
+    }
+    refuse_existing(paths.values(), "accuracy-vs-updates results", "use a new run directory")
+    summary = steps_summary(rows)
+    table = summary.assign(setting=[f"{k}-shot" for k in summary["k_shot"]])
+    latex = mean_ci_latex(
+        table, index=["setting", "strategy"], columns="passes",
+        caption="Test accuracy (%) after each number of updates (passes; TSA: steps).",
+    )  # fmt: skip
+    atomic_write_text(paths["rows"], rows.to_csv(index=False))
+    atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    atomic_write_text(paths["latex"], latex)
     return paths

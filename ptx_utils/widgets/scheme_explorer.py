@@ -110,10 +110,12 @@ class SchemeExplorer:
         self.engine = engine
         self.examples: dict[str, Strategy | Scheme] = dict(examples or {})
         self._scores: dict[Strategy, tuple[float, float]] = {}
-        self._tried: list[Scheme] = []
+        self._tried: list[Strategy | Scheme] = []
         self.dropdowns: list[ipywidgets.Dropdown] = []
         self.head: ipywidgets.FloatText | None = None
         self.params: ipywidgets.ToggleButtons | None = None
+        self.bn_stats: ipywidgets.Dropdown | None = None
+        self.cit: ipywidgets.Checkbox | None = None
         self.button: ipywidgets.Button | None = None
         self.status: ipywidgets.HTML | None = None
         self.output: ipywidgets.Output | None = None
@@ -226,6 +228,22 @@ class SchemeExplorer:
             value=first.params,
             style={"button_width": "auto"},
         )
+        self.bn_stats = w.Dropdown(
+            options=[
+                ("stored BN statistics", "protocol"),
+                ("AdaBN: support set", "support"),
+                ("AdaBN: support + query (transductive)", "support+query"),
+            ],
+            value="protocol",
+            description="BN",
+            layout=w.Layout(width="auto"),
+        )
+        self.cit = w.Checkbox(
+            value=False,
+            description="channel importance transform (every rate 0)",
+            indent=False,
+            layout=w.Layout(width="auto"),
+        )
         n = len(self.episodes)
         self.button = w.Button(
             description=f"fine-tune on {n} episode{'s' if n != 1 else ''}",
@@ -245,6 +263,7 @@ class SchemeExplorer:
                     layout=w.Layout(grid_template_columns="repeat(4, max-content)"),
                 ),
                 w.HBox([self.head, self.params]),
+                w.HBox([self.bn_stats, self.cit]),
                 w.HBox([self.button, self.status]),
                 self.output,
             ]
@@ -261,6 +280,23 @@ class SchemeExplorer:
             lrs=tuple(float(d.value) for d in self.dropdowns),
             head_lr=head_lr,
             params=str(self.params.value),
+            name="your scheme",
+        )
+
+    def current_strategy(self, scheme: Scheme | None = None) -> Strategy:
+        """:meth:`current_scheme` (or ``scheme``) with the BN-statistics (AdaBN) and channel
+        transform toggles; a bare scheme's strategy when both are off.
+
+        Raises:
+            ValueError: the channel transform with a trained layer (it reads frozen features).
+        """
+        if self.bn_stats is None or self.cit is None:
+            raise RuntimeError("the widget is not built yet; call SchemeExplorer.widget() first")
+        scheme = self.current_scheme() if scheme is None else scheme
+        return Strategy(
+            scheme,
+            bn_stats=str(self.bn_stats.value),
+            feature_transform="channel-importance" if self.cit.value else "none",
             name="your scheme",
         )
 
@@ -283,7 +319,12 @@ class SchemeExplorer:
         self.button.disabled = True
         self.status.value = "<i>fine-tuning…</i>"
         try:
-            scheme = self.current_scheme()
+            plain = self.current_scheme()
+            try:
+                scheme = self.current_strategy(plain)
+            except ValueError as exc:  # the channel transform with trained layers
+                self.status.value = f"<b>not a valid strategy</b>: {exc}"
+                return
             mean, ci95 = self.evaluate(scheme)
             if scheme in self._tried:
                 self._tried.remove(scheme)

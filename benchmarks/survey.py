@@ -1,0 +1,199 @@
+"""Every strategy on identical test episodes, against the searched scheme: the survey table.
+
+    python benchmarks/survey.py --dataset omniglot --root ../shared/data \
+        --zoo conv4-baselinepp-omniglot --val-split evaluation-val --test-split test --shots 1 \
+        --search '{"population": 20, "generations": 20, "top_k": 10, "racing": true}' \
+        --val-episodes 20 --search-passes 20 --test-episodes 600 \
+        --work runs/survey/omniglot --out benchmarks/results/survey_omniglot_conv4_cpu.json
+
+    python benchmarks/survey.py --dataset synthetic --shift-levels 0 0.5 1 --shots 1 \
+        --test-episodes 100 --work runs/survey/synthetic \
+        --out benchmarks/results/survey_synthetic_dial_conv4_cpu.json
+
+For each target (the dataset's test split; on the synthetic dial one per ``--shift-levels``
+value) and each shot: a search on ``--val-episodes`` validation episodes (``--search-passes``
+passes per candidate, resumable in ``--work``), then every strategy of
+:func:`ptx_utils.steps.transfer.transfer_strategies` (``--strategy-set``, default ``all``) on
+``--test-episodes`` test episodes with the protocol's ``--passes`` (identical episodes and
+replica seeds for every strategy; each strategy's rows saved in ``--work`` when done, so an
+interrupted run resumes), then mean ± 95 % CI and the paired difference searched − strategy.
+Logistic regression's convergence is reported as the largest final gradient norm over the test
+episodes. The JSON is rewritten after each (target, shot), so partial results land; the
+per-episode rows go to a CSV beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ptx_utils.core.device import precision_record
+from ptx_utils.core.io import atomic_write_json, atomic_write_text
+from ptx_utils.core.provenance import provenance
+from ptx_utils.core.runtime import Runtime
+from ptx_utils.data import load_dataset
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation import evaluate_strategies, summary_table
+from ptx_utils.finetuning import FinetuneConfig
+from ptx_utils.finetuning.closed_form import fit_logistic_regression
+from ptx_utils.models.checkpoint import load_backbone
+from ptx_utils.models.features import extract_features
+from ptx_utils.models.zoo import load_pretrained
+from ptx_utils.pretraining import PretrainConfig, pretrain
+from ptx_utils.search import SearchConfig, search
+from ptx_utils.steps.common import val_seed
+from ptx_utils.steps.domain_shift import shift_targets
+from ptx_utils.steps.transfer import searched_differences, transfer_strategies
+
+
+def logistic_gradient_norms(model: Any, dataset: Any, episodes: Any) -> dict[str, float]:
+    """Largest and median final gradient norm of logistic regression over the episodes."""
+    batch = episodes.tensors(dataset)
+    e, n = batch.support_labels.shape
+    feats = extract_features(model, batch.support_images.flatten(0, 1), torch.device("cpu"))
+    fit = fit_logistic_regression(
+        F.normalize(feats.unflatten(0, (e, n)), dim=-1), batch.support_labels, episodes.n_way
+    )
+    return {
+        "max_grad_norm": float(fit.grad_norm.max()),
+        "median_grad_norm": float(fit.grad_norm.median()),
+        "newton_iterations": fit.iterations,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--root", default=None)
+    p.add_argument("--zoo", default=None, help="a zoo entry; else pre-train with --pretrain")
+    p.add_argument("--pretrain", default='{"epochs": 6, "batch_size": 64, "val_episodes": 50}')
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--shift-levels", type=float, nargs="*", default=None)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--search", default='{"population": 20, "generations": 20, "top_k": 10}')
+    p.add_argument("--val-episodes", type=int, default=20)
+    p.add_argument("--search-passes", type=int, default=100)
+    p.add_argument("--passes", type=int, default=100)
+    p.add_argument("--test-episodes", type=int, default=600)
+    p.add_argument("--strategy-set", default="all")
+    p.add_argument("--head", default="cosine", help="the protocol's head (cosine: Baseline++)")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    work, out = Path(args.work), Path(args.out)
+
+    def split(name: str) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_dataset(args.dataset, name, root=args.root)
+
+    if args.zoo:
+        model, record = load_pretrained(args.zoo)
+        backbone_label = args.zoo
+    else:
+        cfg = PretrainConfig.from_dict({"seed": args.seed, **json.loads(args.pretrain)})
+        result = pretrain(cfg, split(args.train_split), split(args.val_split), work / "pretrain")
+        model, record = load_backbone(result.best_checkpoint)
+        backbone_label = f"{cfg.backbone} {cfg.method}, pre-trained here ({work / 'pretrain'})"
+    model.eval()
+    if args.shift_levels is not None:
+        dial = shift_targets(
+            args.dataset, args.shift_levels, [], args.val_split, args.test_split,
+            channels=model.in_channels, image_size=model.image_size, data_root=args.root,
+        )  # fmt: skip
+        targets = [(t.label, t.val, t.test) for t in dial]
+    else:
+        targets = [(args.test_split, split(args.val_split), split(args.test_split))]
+    runtime = Runtime(seed=args.seed, device="cpu", precision=args.precision, progress=False)
+    protocol = FinetuneConfig(head=args.head, passes=args.passes)
+    search_protocol = FinetuneConfig(head=args.head, passes=args.search_passes)
+    config = SearchConfig.from_dict({"seed": args.seed, **json.loads(args.search)})
+    results: list[dict[str, Any]] = []
+    frames: list[pd.DataFrame] = []
+    for label, val, test in targets:
+        slug = label.replace(" ", "")
+        for shot in args.shots:
+            tic = time.perf_counter()
+            val_eps = sample_episodes(val, 5, shot, 15, args.val_episodes, val_seed(args.seed))
+            found = search(
+                model, val, val_eps, config, search_protocol, work / f"search-{slug}-{shot}shot",
+                runtime=runtime,
+            )  # fmt: skip
+            strategies = transfer_strategies(found.best.scheme, strategy_set=args.strategy_set)
+            test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
+            evaluation = evaluate_strategies(
+                model, strategies, test, test_eps, protocol, runtime,
+                checkpoint_dir=work / f"test-{slug}-{shot}shot",
+            )  # fmt: skip
+            rows = evaluation.rows.assign(target=label)
+            frames.append(rows)
+            summary = summary_table(evaluation.rows)
+            paired = searched_differences(evaluation.rows)
+            best_fixed = summary[summary["strategy"] != "searched"].sort_values("mean").iloc[-1]
+            searched_row = summary[summary["strategy"] == "searched"].iloc[0]
+            vs_best = paired[paired["reference"] == best_fixed["strategy"]].iloc[0]
+            results.append(
+                {
+                    "target": label,
+                    "k_shot": shot,
+                    "searched_scheme": str(found.best.scheme),
+                    "search": found.summary(),
+                    "test_episodes": len(test_eps),
+                    "episodes_digest": test_eps.digest(),
+                    "summary": summary[
+                        ["strategy", "scheme", "n", "n_diverged", "mean", "ci95"]
+                    ].to_dict("records"),
+                    "searched_minus": paired[
+                        ["reference", "mean_diff", "ci95", "p_value", "wins", "losses", "ties"]
+                    ].to_dict("records"),
+                    "strongest_other": {
+                        "strategy": best_fixed["strategy"],
+                        "mean": float(best_fixed["mean"]),
+                        "searched_mean": float(searched_row["mean"]),
+                        "searched_minus_it": float(vs_best["mean_diff"]),
+                        "ci95": float(vs_best["ci95"]),
+                        "searched_beats_it": bool(vs_best["mean_diff"] - vs_best["ci95"] > 0),
+                        "it_beats_searched": bool(vs_best["mean_diff"] + vs_best["ci95"] < 0),
+                    },
+                    "logistic_regression": logistic_gradient_norms(model, test, test_eps),
+                    "seconds_this_call": round(time.perf_counter() - tic, 1),
+                }
+            )
+            print(json.dumps(results[-1]["strongest_other"]), flush=True)
+            atomic_write_text(
+                out.with_suffix(".csv"), pd.concat(frames, ignore_index=True).to_csv(index=False)
+            )
+            atomic_write_json(
+                out,
+                {
+                    "benchmark": "survey: every strategy vs the searched scheme",
+                    "command": "python " + shlex.join(["benchmarks/survey.py", *sys.argv[1:]]),
+                    "dataset": args.dataset,
+                    "backbone": backbone_label,
+                    "backbone_record": {k: record.get(k) for k in ("method", "epoch", "config")},
+                    "protocol": {"passes": args.passes, "head": args.head, "n_way": 5,
+                                 "n_query": 15, "search_passes": args.search_passes,
+                                 "val_episodes": args.val_episodes, "search": config.to_dict()},
+                    "precision": precision_record(args.precision, "cpu"),
+                    "provenance": provenance(seed=args.seed, device="cpu"),
+                    "results": results,
+                },
+            )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

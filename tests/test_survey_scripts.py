@@ -1,0 +1,72 @@
+"""The survey benchmarks run end to end on tiny budgets, so the scripts cannot rot between runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+TINY_PRETRAIN = '{"epochs": 1, "epoch_images": 256, "batch_size": 64, "val_episodes": 4}'
+
+
+def _script(repo_root: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, repo_root / f"benchmarks/{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "survey.json"
+    args = [
+        "--dataset", "synthetic", "--shift-levels", "0", "--shots", "1",
+        "--pretrain", TINY_PRETRAIN, "--search", '{"population": 2, "generations": 1, "top_k": 1}',
+        "--val-episodes", "2", "--search-passes", "1", "--passes", "2", "--test-episodes", "3",
+        "--strategy-set", "all", "--work", str(tmp_path / "work"), "--out", str(out),
+    ]  # fmt: skip
+    _script(repo_root, "survey").main(args)
+    record = json.loads(out.read_text())
+    (result,) = record["results"]
+    names = [row["strategy"] for row in result["summary"]]
+    assert names[0] == "searched" and "TSA" in names and "logistic regression" in names
+    assert [r["reference"] for r in result["searched_minus"]] == names[1:]
+    assert result["strongest_other"]["strategy"] in names[1:]
+    assert result["logistic_regression"]["max_grad_norm"] < 1e-6
+    assert out.with_suffix(".csv").stat().st_size > 0
+    _script(repo_root, "survey").main(args)  # a re-run loads what exists
+    assert json.loads(out.read_text())["results"][0]["summary"] == result["summary"]
+
+
+def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fn.json"
+    _script(repo_root, "fn_2x2").main(
+        [
+            "--pretrain",
+            TINY_PRETRAIN,
+            "--shift-levels",
+            "0",
+            "--test-episodes",
+            "3",
+            "--passes",
+            "2",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
+    record = json.loads(out.read_text())
+    assert record["pretraining"]["BN"]["config"]["feature_norm"] is False
+    assert record["pretraining"]["FN"]["config"]["feature_norm"] is True
+    cells = [c for c in record["cells"] if "pretraining" in c]
+    assert {(c["pretraining"], c["strategy"]) for c in cells} == {
+        (p, s) for p in ("BN", "FN") for s in ("head only", "head + BN affine")
+    }
+    diffs = [c for c in record["cells"] if "fn_minus_bn" in c]
+    assert len(diffs) == 2 and all(-1 <= d["fn_minus_bn"]["mean_diff"] <= 1 for d in diffs)
