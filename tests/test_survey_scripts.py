@@ -41,6 +41,8 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     assert out.with_suffix(".csv").stat().st_size > 0
     _script(repo_root, "survey").main(args)  # a re-run loads what exists
     assert json.loads(out.read_text())["results"][0]["summary"] == result["summary"]
+    table = _script(repo_root, "survey_table").tables(record)
+    assert "| TSA |" in table and "Strongest other strategy" in table
 
 
 def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> None:

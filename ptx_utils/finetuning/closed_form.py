@@ -168,6 +168,8 @@ def fit_logistic_regression(
             value = _span_terms(theta + step * d, phi, gram, labels, c)[0]
             t = torch.where(value <= f0 + 1e-4 * step * slope, step, t)
         theta = theta + t[:, None, None] * d
+        if not bool((t > 0).any()):  # no episode can decrease further: at float64's floor
+            break
     w, b = _primal(theta, x)
     return LogisticFit(w, b, primal_gradient_norm(x, labels, w, b, c), iterations)
 
