@@ -8,8 +8,8 @@ with batch norm as usual and one with FN (``PretrainConfig(feature_norm=True)``:
 frozen at γ = 1, β = 0, statistics tracked); both records go into the JSON. Then, on each dial
 level's test split (identical episodes and replica seeds for all four cells), the linear probe
 (head only) and BN-affine (head + every BN's γ, β at ``--lr``), the paper's protocol
-(``--passes``), mean ± 95 % CI, and the paired differences FN − BN per strategy. Pre-trainings
-and evaluations resume from ``--work``.
+(``--passes``; ``--head linear`` for the FN paper's linear head), mean ± 95 % CI, and the paired
+differences FN − BN per strategy. Pre-trainings and evaluations resume from ``--work``.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-episodes", type=int, default=100)
     p.add_argument("--passes", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--head", default="cosine", help="the new head: cosine (Baseline++) or linear")
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/fn-2x2")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         "head + BN affine": bn_affine(n_layers, args.lr),
     }
     runtime = Runtime(seed=args.seed, device="cpu", precision=args.precision, progress=False)
-    protocol = FinetuneConfig(head="cosine", passes=args.passes)
+    protocol = FinetuneConfig(head=args.head, passes=args.passes)
     cells: list[dict[str, Any]] = []
     for target in targets:
         episodes = sample_episodes(target.test, 5, args.shot, 15, args.test_episodes, args.seed)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 "dataset": "synthetic (dial levels " + ", ".join(map(str, args.shift_levels)) + ")",
                 "protocol": {
                     "passes": args.passes,
-                    "head": "cosine",
+                    "head": args.head,
                     "bn_affine_lr": args.lr,
                     "k_shot": args.shot,
                     "n_way": 5,
