@@ -102,6 +102,74 @@ def check_episode_tensors(
         raise ValueError(f"replica episode indices {bad[:5]} out of range for {n_ep} episodes")
 
 
+def _run_replicas(
+    model: Backbone,
+    strategies: Sequence[Strategy | Scheme],
+    episode_index: Sequence[int],
+    seeds: Sequence[int],
+    episode_tensors: EpisodeTensors,
+    n_way: int,
+    cfg: FinetuneConfig,
+    engine: str,
+    chunk_size: int | None,
+    progress: bool,
+    desc: str,
+    precision: str,
+    record: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Either engine on the replicas: (logits (R, Q, n_way), diverged (R,), recorded or None),
+    on the device of the episode tensors."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    support_images, support_labels, query_images, query_labels = episode_tensors
+    dev = query_labels.device
+    if engine == "batched":
+        from ptx_utils.finetuning.batched import Replica, finetune_batched
+
+        replicas = [
+            Replica(strategy=strategy, episode=e, seed=s)
+            for strategy, e, s in zip(strategies, episode_index, seeds, strict=True)
+        ]
+        out = finetune_batched(
+            model, replicas, support_images, support_labels, query_images, n_way, cfg,
+            chunk_size=chunk_size, progress=progress, desc=desc, precision=precision,
+            record=record,
+        )  # fmt: skip
+        recorded = out.recorded.to(dev) if record is not None else None
+        diverged = torch.as_tensor(out.diverged, dtype=torch.bool, device=dev)
+        return out.logits.to(dev), diverged, recorded
+    results = []
+    for strategy, e, s in zip(
+        tqdm(strategies, desc=desc, unit="replica", disable=not progress),
+        episode_index,
+        seeds,
+        strict=True,
+    ):
+        results.append(
+            finetune_sequential(
+                model,
+                strategy,
+                support_images[e],
+                support_labels[e],
+                query_images[e],
+                n_way,
+                cfg,
+                seed=s,
+                precision=precision,
+                record=record,
+            )
+        )
+    if not results:
+        empty = torch.empty(0, query_images.shape[1], n_way, device=dev)
+        return empty, torch.zeros(0, dtype=torch.bool, device=dev), None
+    logits = torch.stack([r.logits.to(dev) for r in results])
+    diverged = torch.tensor([r.diverged for r in results], dtype=torch.bool, device=dev)
+    recorded = None
+    if record is not None:
+        recorded = torch.stack([r.recorded.to(dev) for r in results])  # type: ignore[union-attr]
+    return logits, diverged, recorded
+
+
 def replica_accuracies(
     model: Backbone,
     strategies: Sequence[Strategy | Scheme],
@@ -129,63 +197,14 @@ def replica_accuracies(
         accuracy float64 (R,): fraction of the replica's queries right, NaN when it diverged;
         diverged bool (R,): the engine said so or a logit is not finite.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    support_images, support_labels, query_images, query_labels = episode_tensors
-    dev = query_labels.device
-    if engine == "sequential":
-        logits_list, diverged_list = [], []
-        for strategy, e, s in zip(
-            tqdm(strategies, desc=desc, unit="replica", disable=not progress),
-            episode_index,
-            seeds,
-            strict=True,
-        ):
-            result = finetune_sequential(
-                model,
-                strategy,
-                support_images[e],
-                support_labels[e],
-                query_images[e],
-                n_way,
-                cfg,
-                seed=s,
-                precision=precision,
-            )
-            logits_list.append(result.logits.to(dev))
-            diverged_list.append(result.diverged)
-        logits = (
-            torch.stack(logits_list)
-            if logits_list
-            else torch.empty(0, query_images.shape[1], n_way, device=dev)
-        )
-        diverged = torch.tensor(diverged_list, dtype=torch.bool, device=dev)
-    else:
-        from ptx_utils.finetuning.batched import Replica, finetune_batched
-
-        replicas = [
-            Replica(strategy=strategy, episode=e, seed=s)
-            for strategy, e, s in zip(strategies, episode_index, seeds, strict=True)
-        ]
-        result = finetune_batched(
-            model,
-            replicas,
-            support_images,
-            support_labels,
-            query_images,
-            n_way,
-            cfg,
-            chunk_size=chunk_size,
-            progress=progress,
-            desc=desc,
-            precision=precision,
-        )
-        logits = result.logits.to(dev)
-        diverged = torch.as_tensor(result.diverged, dtype=torch.bool, device=dev)
-
+    logits, diverged, _ = _run_replicas(
+        model, strategies, episode_index, seeds, episode_tensors, n_way, cfg, engine,
+        chunk_size, progress, desc, precision,
+    )  # fmt: skip
+    query_labels = episode_tensors[3]
     # Non-finite logits count as diverged whatever the engine said.
     diverged = diverged | ~torch.isfinite(logits).flatten(1).all(1)
-    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=dev)
+    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=query_labels.device)
     correct = logits.argmax(-1) == query_labels[index]
     accuracy = correct.double().mean(-1)
     accuracy = torch.where(diverged, torch.full_like(accuracy, math.nan), accuracy)
@@ -215,40 +234,13 @@ def replica_curves(
     Returns:
         accuracy float64 (R, S), NaN where the replica had diverged by then.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    support_images, support_labels, query_images, query_labels = episode_tensors
-    dev = query_labels.device
-    if engine == "sequential":
-        rows = []
-        for strategy, e, s in zip(
-            tqdm(strategies, desc=desc, unit="replica", disable=not progress),
-            episode_index,
-            seeds,
-            strict=True,
-        ):
-            result = finetune_sequential(
-                model, strategy, support_images[e], support_labels[e], query_images[e], n_way,
-                cfg, seed=s, precision=precision, record=record,
-            )  # fmt: skip
-            assert result.recorded is not None
-            rows.append(result.recorded.to(dev))
-        recorded = torch.stack(rows)
-    else:
-        from ptx_utils.finetuning.batched import Replica, finetune_batched
-
-        replicas = [
-            Replica(strategy=strategy, episode=e, seed=s)
-            for strategy, e, s in zip(strategies, episode_index, seeds, strict=True)
-        ]
-        out = finetune_batched(
-            model, replicas, support_images, support_labels, query_images, n_way, cfg,
-            chunk_size=chunk_size, progress=progress, desc=desc, precision=precision,
-            record=record,
-        )  # fmt: skip
-        assert out.recorded is not None
-        recorded = out.recorded.to(dev)
-    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=dev)
+    _, _, recorded = _run_replicas(
+        model, strategies, episode_index, seeds, episode_tensors, n_way, cfg, engine,
+        chunk_size, progress, desc, precision, record,
+    )  # fmt: skip
+    assert recorded is not None
+    query_labels = episode_tensors[3]
+    index = torch.as_tensor(list(episode_index), dtype=torch.int64, device=query_labels.device)
     correct = recorded.argmax(-1) == query_labels[index].unsqueeze(1)
     accuracy = correct.double().mean(-1)
     accuracy = torch.where(torch.isfinite(recorded).flatten(2).all(2), accuracy, math.nan)
