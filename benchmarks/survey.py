@@ -18,8 +18,9 @@ passes per candidate, resumable in ``--work``), then every strategy of
 replica seeds for every strategy; each strategy's rows saved in ``--work`` when done, so an
 interrupted run resumes), then mean ± 95 % CI and the paired difference searched − strategy.
 Logistic regression's convergence is reported as the largest final gradient norm over the test
-episodes. The JSON is rewritten after each (target, shot), so partial results land; the
-per-episode rows go to a CSV beside it.
+episodes; SpotTune beside the strongest fixed strategy, its routing per block and its cost per
+replica on the first ``--routing`` test episodes. The JSON is rewritten after each (target,
+shot), so partial results land; the per-episode rows go to a CSV beside it.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ from ptx_utils.core.provenance import provenance
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import load_dataset
 from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.evaluation import evaluate_strategies, summary_table
-from ptx_utils.finetuning import FinetuneConfig
+from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_table
+from ptx_utils.evaluation.routing import routing_summary, spottune_routing
+from ptx_utils.finetuning import FinetuneConfig, Replica, finetune_batched, replica_seed
 from ptx_utils.finetuning.closed_form import fit_logistic_regression
+from ptx_utils.finetuning.spottune import SpotTuneSpec, build_net, policy_parameters
 from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.models.features import extract_features
 from ptx_utils.models.zoo import load_pretrained
@@ -71,6 +74,94 @@ def logistic_gradient_norms(model: Any, dataset: Any, episodes: Any) -> dict[str
     }
 
 
+def spottune_section(
+    rows: pd.DataFrame,
+    strategies: dict[str, Any],
+    model: Any,
+    test: Any,
+    test_eps: Any,
+    protocol: FinetuneConfig,
+    runtime: Runtime,
+    n_routing: int,
+) -> dict[str, Any]:
+    """SpotTune beside the searched scheme and the strongest fixed strategy (neither searched nor
+    SpotTune); routing per block on the first ``n_routing`` test episodes; cost per replica."""
+    spot = {n: s for n, s in strategies.items() if s.path == "spottune"}
+    summary = summary_table(rows).set_index("strategy")
+    fixed = summary[[not (n.startswith("searched") or n in spot) for n in summary.index]]
+    strongest = str(fixed["mean"].idxmax())
+    out: dict[str, Any] = {"strongest_fixed": strongest, "strategies": {}}
+    for name in spot:
+        vs = {}
+        for ref in ("searched", strongest):
+            d = paired_table(rows, ref)
+            d = d[d["strategy"] == name].iloc[0]
+            vs[ref] = {k: float(d[k]) for k in ("mean_diff", "ci95", "wins", "losses")}
+        out["strategies"][name] = {
+            "mean": float(summary.loc[name, "mean"]), "ci95": float(summary.loc[name, "ci95"]),
+            "minus_searched": vs["searched"], "minus_strongest_fixed": vs[strongest],
+        }  # fmt: skip
+    if n_routing:
+        sub = test_eps[:n_routing]
+        routing = spottune_routing(model, spot, test, sub, protocol, runtime)
+        harness = rows[rows["episode"] < n_routing].set_index(["strategy", "episode"])["accuracy"]
+        mine = routing.groupby(["strategy", "episode"])["accuracy"].first()
+        gap = (mine - harness.reindex(mine.index)).abs().max()
+        table = routing_summary(routing)
+        out["routing"] = {
+            "episodes": n_routing,
+            "accuracy_equals_harness_max_abs_diff": float(gap),
+            "per_block": table.to_dict("records"),
+        }
+        out["cost"] = replica_cost(
+            model, strategies["searched"], spot, test, sub, protocol, routing, runtime.seed
+        )
+    return out
+
+
+def replica_cost(
+    model: Any,
+    searched: Any,
+    spot: dict[str, Any],
+    test: Any,
+    episodes: Any,
+    protocol: FinetuneConfig,
+    routing: pd.DataFrame,
+    seed: int,
+) -> dict[str, Any]:
+    """Seconds per replica (SpotTune: from the routing run; the searched scheme: timed here on
+    the same episodes, float32 both) and trained floats per replica (weights, gradients and
+    momentum: 3 × 4 bytes each)."""
+    batch = episodes.tensors(test)
+    tic = time.perf_counter()
+    finetune_batched(
+        model, [Replica(searched, e, replica_seed(seed, e)) for e in range(len(episodes))],
+        batch.support_images, batch.support_labels, batch.query_images, episodes.n_way,
+        protocol, progress=False, precision="fp32",
+    )  # fmt: skip
+    searched_s = (time.perf_counter() - tic) / len(episodes)
+    out_dim, head = model.out_dim, episodes.n_way * model.out_dim
+    layers = model.layer_parameters()
+    trained = sum(p.numel() for name, lr in zip(model.layer_names(), searched.lrs, strict=True)
+                  if lr for p in layers[name])  # fmt: skip
+    cost: dict[str, Any] = {
+        "searched": {"seconds_per_replica": searched_s, "trained_floats": trained + head}
+    }
+    for name, strategy in spot.items():
+        net = build_net(model, SpotTuneSpec.of(strategy), episodes.n_way, protocol)
+        floats = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("frozen"))
+        sec = float(routing[routing["strategy"] == name]["seconds"].mean())
+        cost[name] = {"seconds_per_replica": sec, "trained_floats": floats,
+                      "policy_parameters": policy_parameters(net)}  # fmt: skip
+    for entry in cost.values():
+        entry["trained_state_bytes"] = 12 * entry["trained_floats"]
+    cost["note"] = (
+        f"features D = {out_dim}; SpotTune's inference pairs train once, so a pair's "
+        "seconds are shared; activations (two paths per block) are not measured"
+    )
+    return cost
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthetic")
@@ -90,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strategy-set", default="all")
     p.add_argument("--head", default="cosine", help="the protocol's head (cosine: Baseline++)")
     p.add_argument("--precision", default="auto")
+    p.add_argument(
+        "--routing",
+        type=int,
+        default=50,
+        help="test episodes for SpotTune's routing and cost (0: none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
@@ -171,6 +268,22 @@ def main(argv: list[str] | None = None) -> None:
                         "it_beats_searched": bool(vs_best["mean_diff"] + vs_best["ci95"] < 0),
                     },
                     "logistic_regression": logistic_gradient_norms(model, test, test_eps),
+                    **(
+                        {
+                            "spottune": spottune_section(
+                                evaluation.rows,
+                                strategies,
+                                model,
+                                test,
+                                test_eps,
+                                protocol,
+                                runtime,
+                                min(args.routing, len(test_eps)),
+                            )
+                        }
+                        if any(s.path == "spottune" for s in strategies.values())
+                        else {}
+                    ),
                     "seconds_this_call": round(time.perf_counter() - tic, 1),
                 }
             )

@@ -1,6 +1,7 @@
 """Render a ``benchmarks/survey.py`` JSON as Markdown tables (for docs/results.md).
 
     python benchmarks/survey_table.py benchmarks/results/survey_synthetic_dial_conv4_cpu.json
+    python benchmarks/survey_table.py A.json B.json --routing-figure benchmarks/results/figures/x
 
 One table per (target, shot): every strategy's mean ± 95 % CI and the paired difference
 searched − strategy (CI, wins / losses), then the strongest strategy that is not the searched
@@ -56,14 +57,92 @@ def tables(record: dict[str, Any]) -> str:
             f"{verdict}.",
             "",
         ]
+        if "spottune" in result:
+            out += spottune_lines(result["spottune"])
     return "\n".join(out)
+
+
+def _diff(d: dict[str, float]) -> str:
+    return (
+        f"{100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f} ({d['wins']:.0f} / {d['losses']:.0f})"
+    )
+
+
+def spottune_lines(section: dict[str, Any]) -> list[str]:
+    """SpotTune against the searched scheme and the strongest fixed strategy; routing; cost."""
+    strongest = section["strongest_fixed"]
+    out = [
+        f"SpotTune against the searched scheme and the strongest fixed strategy ({strongest}), "
+        "points (wins / losses):",
+        "",
+        f"| strategy | accuracy (%) | it − searched | it − {strongest} |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, row in section["strategies"].items():
+        out.append(
+            f"| {name} | {100 * row['mean']:.2f} ± {100 * row['ci95']:.2f} | "
+            f"{_diff(row['minus_searched'])} | {_diff(row['minus_strongest_fixed'])} |"
+        )
+    routing = section.get("routing")
+    if routing:
+        blocks = sorted({r["block"] for r in routing["per_block"]})
+        out += ["", f"Queries routed to the tuned copy, mean ± sd over the first "
+                f"{routing['episodes']} episodes:", "",
+                "| strategy | " + " | ".join(f"block {b + 1}" for b in blocks) + " |",
+                "| --- |" + " --- |" * len(blocks)]  # fmt: skip
+        for name in dict.fromkeys(r["strategy"] for r in routing["per_block"]):
+            cells = [f"{r['mean']:.2f} ± {r['std']:.2f}" for r in routing["per_block"]
+                     if r["strategy"] == name]  # fmt: skip
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    cost = section.get("cost")
+    if cost:
+        out += ["", "Cost per replica (float32; trained state = weights, gradients, momentum):", "",
+                "| strategy | seconds | trained state (KiB) |", "| --- | --- | --- |"]  # fmt: skip
+        for name, c in cost.items():
+            if isinstance(c, dict):
+                out.append(f"| {name} | {c['seconds_per_replica']:.2f} | "
+                           f"{c['trained_state_bytes'] / 1024:.0f} |")  # fmt: skip
+    return [*out, ""]
+
+
+def routing_figure(records: list[dict[str, Any]], shot: int, stem: Path) -> list[Path]:
+    """SpotTune's routing per block for every target of ``records`` at ``shot``, beside the
+    searched schemes' rates; written as ``stem.pdf`` and ``stem.png``."""
+    import pandas as pd
+
+    from ptx_utils.plots.common import save_figure
+    from ptx_utils.plots.routing import routing_figure as figure
+
+    summaries, searched = {}, {}
+    for record in records:
+        for result in record["results"]:
+            routing = result.get("spottune", {}).get("routing")
+            if result["k_shot"] != shot or not routing:
+                continue
+            label = f"{record['dataset']}: {result['target']}"
+            summaries[label] = pd.DataFrame(routing["per_block"])
+            searched[label] = [float(x) for x in result["searched_scheme"].split(" | ")[0].split()]
+    if not summaries:
+        raise SystemExit(f"no SpotTune routing at {shot}-shot in the given JSON files")
+    fig = figure(summaries, searched, title=f"SpotTune routing, 5-way {shot}-shot")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, stem)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", type=Path)
+    p.add_argument("json", type=Path, nargs="+")
+    p.add_argument("--routing-figure", type=Path, default=None,
+                   help="write SpotTune's routing figure of all the JSON files to this stem")
+    p.add_argument("--shot", type=int, default=1, help="the routing figure's shot")
     args = p.parse_args(argv)
-    print(tables(json.loads(args.json.read_text())))
+    records = [json.loads(path.read_text()) for path in args.json]
+    if args.routing_figure is not None:
+        for path in routing_figure(records, args.shot, args.routing_figure):
+            print(path)
+        return
+    for record in records:
+        print(tables(record))
 
 
 if __name__ == "__main__":

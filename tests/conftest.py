@@ -22,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
 from ptx_utils.models import Backbone, create_backbone
 
 DATA_ROOT = os.environ.get("PTX_DATA_ROOT")
@@ -79,6 +80,15 @@ def conv4() -> Backbone:
 def synthetic_test() -> FewShotDataset:
     """The synthetic novel split at 16x16 with 30 images per class (fast to render)."""
     return load_dataset("synthetic", "test", image_size=16, images_per_class=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_episodes(synthetic_test: FewShotDataset) -> dict[int, EpisodeBatch]:
+    """Two 5-way episodes with 3 queries per class, 1- and 5-shot, as stacked tensors."""
+    return {
+        shot: sample_episodes(synthetic_test, 5, shot, 3, 2, seed=4).tensors(synthetic_test)
+        for shot in (1, 5)
+    }
 
 
 def make_dataset(counts: list[int], size: int = 8, name: str = "toy") -> FewShotDataset:

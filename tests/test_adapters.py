@@ -14,8 +14,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ptx_utils.data import FewShotDataset
-from ptx_utils.data.episodes import EpisodeBatch, sample_episodes
 from ptx_utils.finetuning import (
     Attachment,
     FinetuneConfig,
@@ -41,14 +39,6 @@ TOL = {"atol": 1e-4, "rtol": 1e-4}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def episodes(synthetic_test: FewShotDataset) -> dict[int, EpisodeBatch]:
-    return {
-        shot: sample_episodes(synthetic_test, 5, shot, 3, 2, seed=4).tensors(synthetic_test)
-        for shot in (1, 5)
-    }
-
-
 def _check(backbone, strategies, eb, vectorize="auto", chunk_size=None):
     replicas = [Replica(s, e) for s in strategies for e in range(2)]
     res = finetune_batched(
@@ -66,33 +56,33 @@ def _check(backbone, strategies, eb, vectorize="auto", chunk_size=None):
 
 
 @pytest.mark.parametrize("shot", [1, 5])
-def test_tsa_and_lt_ncc_equal_sequential(conv4, episodes, shot) -> None:
+def test_tsa_and_lt_ncc_equal_sequential(conv4, tiny_episodes, shot) -> None:
     strategies = [
         tsa(4, steps=5),
         lt_ncc(4, steps=10),
         tsa(4, alpha_lr=0.05, beta_lr=0.1, steps=5),  # URL's seen-domain rates
         with_adabn(lt_ncc(4, steps=10)),
     ]
-    _check(conv4, strategies, episodes[shot])
+    _check(conv4, strategies, tiny_episodes[shot])
 
 
 @pytest.mark.parametrize("vectorize", ["vmap", "loop"])
-def test_tsa_vmap_and_loop_with_adabn(conv4, episodes, vectorize) -> None:
-    _check(conv4, [with_adabn(tsa(4, steps=5), transductive=True)], episodes[1], vectorize, 1)
+def test_tsa_vmap_and_loop_with_adabn(conv4, tiny_episodes, vectorize) -> None:
+    _check(conv4, [with_adabn(tsa(4, steps=5), transductive=True)], tiny_episodes[1], vectorize, 1)
 
 
-def test_tsa_default_steps_and_alpha_only(conv4, episodes) -> None:
+def test_tsa_default_steps_and_alpha_only(conv4, tiny_episodes) -> None:
     alpha_only = Strategy(
         Scheme((0,) * 4, 0.0), classifier="ncc-cosine", optimizer="adadelta",
         attachments=(Attachment("residual-adapter", 0.5, {"init": 1e-3}),), steps=5,
     )  # fmt: skip
-    _check(conv4, [alpha_only], episodes[1])
+    _check(conv4, [alpha_only], tiny_episodes[1])
     assert AdapterSpec.of(replace(tsa(4), steps=None)).steps == 40 == tsa(4).steps
     assert AdapterSpec.of(alpha_only) == AdapterSpec(0.5, None, 5, 1e-3)
 
 
-def test_adapters_change_the_prediction_and_start_near_ncc(conv4, episodes) -> None:
-    eb = episodes[5]
+def test_adapters_change_the_prediction_and_start_near_ncc(conv4, tiny_episodes) -> None:
+    eb = tiny_episodes[5]
     args = (eb.support_images[0], eb.support_labels[0], eb.query_images[0], 5)
     start = finetune_sequential(conv4, tsa(4, steps=0), *args).logits
     ncc = finetune_sequential(conv4, Strategy(Scheme((0,) * 4, 0), classifier="ncc-cosine"), *args)
@@ -130,8 +120,8 @@ def test_functional_adadelta_equals_torch() -> None:
     torch.testing.assert_close(tp["w"], ref.detach())
 
 
-def test_attachment_strategies_refused_where_not_implemented(conv4, episodes) -> None:
-    eb = episodes[1]
+def test_attachment_strategies_refused_where_not_implemented(conv4, tiny_episodes) -> None:
+    eb = tiny_episodes[1]
     beta = (Attachment("pre-classifier", 1.0),)
     bad = {
         "sgd": Strategy(Scheme((0,) * 4, 0), classifier="ncc-cosine", attachments=beta),

@@ -43,6 +43,14 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     assert json.loads(out.read_text())["results"][0]["summary"] == result["summary"]
     table = _script(repo_root, "survey_table").tables(record)
     assert "| TSA |" in table and "Strongest other strategy" in table
+    spot = result["spottune"]
+    assert set(spot["strategies"]) == {n for n in names if n.startswith("SpotTune")}
+    assert spot["routing"]["accuracy_equals_harness_max_abs_diff"] < 1e-9
+    assert spot["cost"]["SpotTune"]["trained_floats"] > spot["cost"]["searched"]["trained_floats"]
+    assert "| SpotTune global-2 (argmax) |" in table and "block 4" in table
+    stem = tmp_path / "figures" / "routing"
+    paths = _script(repo_root, "survey_table").routing_figure([record], 1, stem)
+    assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size for p in paths)
 
 
 def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> None:

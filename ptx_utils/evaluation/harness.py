@@ -183,7 +183,8 @@ def _evaluate_resumable(
     engine: str | None,
     checkpoint_dir: Path,
 ) -> Evaluation:
-    """:func:`evaluate_strategies` one strategy at a time, saving or reusing each one."""
+    """:func:`evaluate_strategies` one strategy at a time (those that train alike together),
+    saving or reusing each one."""
     expected = {
         "episodes_digest": episodes.digest(),
         "dataset_fingerprint": episodes.dataset_fingerprint,
@@ -191,7 +192,7 @@ def _evaluate_resumable(
         "finetune_config": json.loads(json.dumps(asdict(cfg))),
         "precision": runtime.torch_precision(),
     }
-    frames, metas = [], []
+    done: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
     for name, strategy in strategies.items():
         path = strategy_checkpoint(checkpoint_dir, episodes, name)
         meta_path = path.with_suffix(".json")
@@ -213,15 +214,26 @@ def _evaluate_resumable(
             rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
             rows["accuracy"] = rows["accuracy"].astype(float)
             rows["diverged"] = rows["diverged"].astype(bool)
-        else:
-            done = evaluate_strategies(
-                backbone, {name: strategy}, dataset, episodes, cfg, runtime, engine
-            )
-            rows, meta = done.rows, json.loads(json.dumps(done.meta, default=str))
+            done[name] = (rows, meta)
+    for name, strategy in strategies.items():
+        if name in done:
+            continue
+        # with it, every pending strategy that trains alike (SpotTune's two inference modes)
+        group = {
+            n: s for n, s in strategies.items()
+            if n not in done and s.trained_as() == strategy.trained_as()
+        }  # fmt: skip
+        evaluation = evaluate_strategies(backbone, group, dataset, episodes, cfg, runtime, engine)
+        for n in group:
+            rows = evaluation.rows[evaluation.rows["strategy"] == n].reset_index(drop=True)
+            meta = json.loads(json.dumps(evaluation.meta, default=str))
+            meta["strategies"] = {n: meta["strategies"][n]}
+            path = strategy_checkpoint(checkpoint_dir, episodes, n)
             atomic_write_text(path, rows.to_csv(index=False))
-            atomic_write_json(meta_path, meta)
-        frames.append(rows[list(ROW_COLUMNS)])
-        metas.append(meta)
+            atomic_write_json(path.with_suffix(".json"), meta)
+            done[n] = (rows, meta)
+    frames = [done[n][0][list(ROW_COLUMNS)] for n in strategies]
+    metas = [done[n][1] for n in strategies]
     meta = {**metas[0], **expected}
     meta["device"] = ", ".join(dict.fromkeys(m["device"] for m in metas))
     meta["engine"] = ", ".join(dict.fromkeys(m["engine"] for m in metas))

@@ -1,7 +1,7 @@
 """Fine-tuning: strategies, the protocol, one sequential reference and one batched engine.
 
 - :mod:`.scheme`, :mod:`.strategy`, :mod:`.fixed` — per-layer rates, :class:`Strategy`, the named
-  strategies (linear probe … nearest centroid, logistic regression, TSA, LT+NCC; AdaBN, CIT).
+  strategies (linear probe … logistic regression, TSA, LT+NCC, SpotTune; AdaBN, CIT).
 - :mod:`.protocol` — :class:`FinetuneConfig` and the replica plan.
 - :mod:`.sequential` — the reference; :mod:`.batched` — the vmapped engine (:mod:`.sgd_chunks`,
   :mod:`.closed_form`, :mod:`.adapters`, :mod:`.bn_stats`, :mod:`.feature_transform`, …),
@@ -18,6 +18,7 @@ from ptx_utils.finetuning.fixed import (
     logistic_regression,
     lt_ncc,
     nearest_centroid,
+    spottune,
     tsa,
     with_adabn,
     with_channel_importance,
@@ -71,6 +72,7 @@ __all__ = [
     "replica_curves",
     "replica_plan",
     "replica_seed",
+    "spottune",
     "tsa",
     "with_adabn",
     "with_channel_importance",

@@ -4,14 +4,15 @@ Replica by replica it gives the query logits of
 :func:`~ptx_utils.finetuning.sequential.finetune_sequential` (fp32, 1e-4). Replicas are grouped
 by how their strategies run (:attr:`~ptx_utils.finetuning.Strategy.path`): SGD in vmapped chunks
 (:mod:`.sgd_chunks`), closed-form classifiers fitted on every episode's frozen features at once
-(:mod:`.closed_form`), attachments trained by a functional Adadelta (:mod:`.adapters`).
+(:mod:`.closed_form`), attachments trained by a functional Adadelta (:mod:`.adapters`),
+SpotTune's copies and policy by the functional SGD (:mod:`.spottune`).
 How it works and what it saves: ``docs/engine.md``.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from ptx_utils.finetuning.protocol import FinetuneConfig, check_record
 from ptx_utils.finetuning.replicas import check_episode_tensors
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.sgd_chunks import Variant, prepare, run_engine
+from ptx_utils.finetuning.spottune import spottune_batched
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.finetuning.vectorize import VECTORIZE
 from ptx_utils.models import Backbone
@@ -134,7 +136,12 @@ def finetune_batched(
     try:
         for (protocol, variant), members in protocols.items():
             group = [replicas[i] for i in members]
-            if variant.path == "attachments":
+            if variant.path == "spottune":
+                out, div = _run_spottune(
+                    backbone, group, support_images, support_labels, query_images, n_way,
+                    protocol, chunk_size, vectorize, bar, points,
+                )  # fmt: skip
+            elif variant.path == "attachments":
                 out, div = _run_attachments(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     variant, chunk_size, vectorize, bar, points,
@@ -161,8 +168,29 @@ def finetune_batched(
 
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
 
-#: Replicas an attachment chunk trains at once when ``chunk_size`` is None.
+#: Replicas an attachment or SpotTune chunk trains at once when ``chunk_size`` is None.
 _ATTACHMENT_CHUNK = 16
+
+
+def _run_in_chunks(
+    replicas: Sequence[Replica],
+    size: int,
+    bar: Any,
+    run: Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run(idx)`` -> (logits, diverged) on chunks of ``size`` replicas in (episode, seed) order,
+    put back in the replicas' order: logits (R, S, Q, n_way), diverged (R,)."""
+    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].episode, replicas[i].seed, i))
+    logits, diverged = [], []
+    for pos in range(0, len(order), size):
+        idx = order[pos : pos + size]
+        out, div = run(idx)
+        logits.append(out)
+        diverged.append(div)
+        bar.update(len(idx))
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+    return torch.cat(logits)[inverse], torch.cat(diverged)[inverse]
 
 
 def _run_attachments(
@@ -181,22 +209,38 @@ def _run_attachments(
     """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, S, Q, n_way), diverged (R,)."""
     episodes = [r.episode for r in replicas]
     stats = episodes_statistics(backbone, episodes, support_images, query_images, variant.bn_stats)
-    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].episode, i))
-    size = chunk_size or _ATTACHMENT_CHUNK
-    logits, diverged = [], []
-    for pos in range(0, len(order), size):
-        idx = order[pos : pos + size]
-        out, div = adapt_batched(
+    return _run_in_chunks(
+        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
+        lambda idx: adapt_batched(
             backbone, [as_strategy(replicas[i].strategy) for i in idx],
             [replicas[i].episode for i in idx], support_images, support_labels, query_images,
             n_way, stats or None, vectorize, record,
-        )  # fmt: skip
-        logits.append(out)
-        diverged.append(div)
-        bar.update(len(idx))
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order)] = torch.arange(len(order))
-    return torch.cat(logits)[inverse], torch.cat(diverged)[inverse]
+        ),
+    )  # fmt: skip
+
+
+def _run_spottune(
+    backbone: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    cfg: FinetuneConfig,
+    chunk_size: int | None,
+    vectorize: str,
+    bar: Any,
+    record: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~.spottune.spottune_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
+    return _run_in_chunks(
+        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
+        lambda idx: spottune_batched(
+            backbone, [as_strategy(replicas[i].strategy) for i in idx],
+            [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
+            support_images, support_labels, query_images, n_way, cfg, vectorize, record,
+        )[:2],
+    )  # fmt: skip
 
 
 # -- closed-form strategies ---------------------------------------------------------------------

@@ -5,7 +5,8 @@ everywhere), last-k (only the last k layers train) and BN-affine (only batch-nor
 shifts train). Fitted on frozen features without gradient steps: nearest centroid (Euclidean or
 cosine) and logistic regression. Options that turn any strategy into another: AdaBN
 (:func:`with_adabn`) and the channel importance transform (:func:`with_channel_importance`).
-Adapters on a frozen backbone: TSA (:func:`tsa`) and LT+NCC (:func:`lt_ncc`). Each returns a
+Adapters on a frozen backbone: TSA (:func:`tsa`) and LT+NCC (:func:`lt_ncc`); per-image routing
+between frozen blocks and tuned copies: SpotTune (:func:`spottune`). Each returns a
 :class:`~ptx_utils.finetuning.strategy.Strategy` whose name labels it in tables and figures.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import replace
 
 from ptx_utils.finetuning.feature_transform import CIT_K
 from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, Scheme
+from ptx_utils.finetuning.spottune import POLICY_LR as SPOTTUNE_POLICY_LR
 from ptx_utils.finetuning.strategy import Attachment, Strategy
 
 
@@ -134,4 +136,29 @@ def lt_ncc(n_layers: int, beta_lr: float = 1.0, steps: int = 40) -> Strategy:
         attachments=(Attachment("pre-classifier", beta_lr),),
         steps=steps,
         name="LT+NCC",
+    )
+
+
+def spottune(
+    n_layers: int,
+    lr: float = 0.01,
+    head_lr: float = DEFAULT_HEAD_LR,
+    policy_lr: float = SPOTTUNE_POLICY_LR,
+    global_k: int | None = None,
+    inference: str = "sample",
+) -> Strategy:
+    """SpotTune: a tuned copy of every block at ``lr`` beside the frozen one, a routing policy
+    per image (``global_k=None``) or one gate pair per block pulled to ``global_k`` tuned blocks;
+    test-time decisions drawn (``"sample"``, as the paper) or ``"argmax"``.
+
+    Example:
+        >>> spottune(4, global_k=2, inference="argmax").name
+        'SpotTune global-2 (argmax)'
+    """
+    options = {"policy_lr": float(policy_lr), "global_k": global_k, "inference": inference}
+    label = "SpotTune" if global_k is None else f"SpotTune global-{global_k}"
+    return Strategy(
+        Scheme((0.0,) * n_layers, head_lr),
+        attachments=(Attachment("spottune", lr, options),),
+        name=label + (" (argmax)" if inference == "argmax" else ""),
     )

@@ -31,6 +31,7 @@ from ptx_utils.finetuning.protocol import (
     trainable_groups,
 )
 from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.spottune import spottune_sequential
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.models import Backbone, create_head
 
@@ -94,6 +95,12 @@ def finetune_sequential(
             out = model(to_layout(images, precision))
         return apply_transform(out.float(), strategy.feature_transform, options)
 
+    if strategy.path == "spottune":  # float32, the protocol's SGD (ptx_utils.finetuning.spottune)
+        logits, _, _ = spottune_sequential(
+            backbone, strategy, support_images, support_labels, query_images, n_way, cfg, seed,
+            points,
+        )  # fmt: skip
+        return _result(logits[-1], logits[:-1] if record is not None else None)
     if strategy.path == "attachments":  # TSA / LT+NCC, float32 (ptx_utils.finetuning.adapters)
         logits, _ = adapt_sequential(
             model.to(memory_format=torch.contiguous_format), strategy, support_images,

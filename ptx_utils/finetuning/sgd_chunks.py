@@ -36,6 +36,7 @@ from ptx_utils.finetuning.protocol import (
 from ptx_utils.finetuning.replica_bn import STAT_BUFFERS, make_replica_bn, set_bn_state
 from ptx_utils.finetuning.runner import Runner, episode_inputs, grouped_prefix_output
 from ptx_utils.finetuning.scheme import Scheme
+from ptx_utils.finetuning.spottune import SpotTuneSpec
 from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.finetuning.vectorize import loop_replicas, per_replica
 from ptx_utils.models import Backbone, create_head
@@ -51,7 +52,7 @@ _HEAD = "head."
 class Variant:
     """What, besides the protocol, replicas batched together must share."""
 
-    path: str  # Strategy.path: "sgd", "closed-form" or "attachments"
+    path: str  # Strategy.path: "sgd", "closed-form", "attachments" or "spottune"
     classifier: str | None  # a closed-form classifier, or None
     transform: str
     options: tuple[tuple[str, Any], ...]
@@ -64,6 +65,9 @@ class Variant:
         if strategy.path == "attachments":
             spec = AdapterSpec.of(strategy)
             adapters = (*spec.structure, spec.steps)
+        elif strategy.path == "spottune":
+            sp = SpotTuneSpec.of(strategy)
+            adapters = (sp.global_k, sp.tau, sp.penalty, sp.force)
         return cls(
             strategy.path,
             strategy.classifier if strategy.closed_form else None,

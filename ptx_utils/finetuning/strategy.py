@@ -33,9 +33,12 @@ BN_STATS = ("protocol", "eval", "train", "support", "support+query")
 PLANNED_BN_STATS = ()
 #: ``bn_stats`` values that re-estimate the running statistics on the episode (AdaBN).
 ADAPTIVE_BN_STATS = ("support", "support+query")
-#: Attachments the engines implement (TSA's α and β, :mod:`.adapters`), then planned ones.
-ATTACHMENTS = ("residual-adapter", "pre-classifier")
-PLANNED_ATTACHMENTS = ("spottune", "case")
+#: Attachments the engines implement (TSA's α and β, :mod:`.adapters`; SpotTune's tuned copies
+#: and policy, :mod:`.spottune`), then planned ones.
+ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune")
+PLANNED_ATTACHMENTS = ("case",)
+#: Attachment options that act only at test time (SpotTune's sampled or argmax decisions).
+TEST_TIME_OPTIONS = {"spottune": ("inference",)}
 
 
 def _choice(what: str, value: str, implemented: Sequence[str], planned: Sequence[str]) -> None:
@@ -88,7 +91,9 @@ class Strategy:
         attachments: extra trained or loaded parameters (:class:`Attachment`): TSA's
             ``"residual-adapter"`` (α) and ``"pre-classifier"`` (β), trained by Adadelta on the
             NCC loss (``classifier="ncc-cosine"``) with the backbone frozen
-            (:mod:`~ptx_utils.finetuning.adapters`).
+            (:mod:`~ptx_utils.finetuning.adapters`); ``"spottune"``: a tuned copy of every
+            block at the attachment's lr and a routing policy, trained with the head by the
+            protocol's SGD (:mod:`~ptx_utils.finetuning.spottune`).
         feature_transform: a parameter-free transform of the features before the classifier
             (``"channel-importance"``, :mod:`~ptx_utils.finetuning.feature_transform`; frozen
             backbones only);
@@ -178,10 +183,24 @@ class Strategy:
 
     @property
     def path(self) -> str:
-        """How the engines run it: ``"closed-form"``, ``"attachments"`` (TSA, LT+NCC), ``"sgd"``."""
+        """How the engines run it: ``"closed-form"``, ``"attachments"`` (TSA, LT+NCC),
+        ``"spottune"``, ``"sgd"``."""
+        if any(a.kind == "spottune" for a in self.attachments):
+            return "spottune"
         if self.attachments:
             return "attachments"
         return "closed-form" if self.closed_form else "sgd"
+
+    def trained_as(self) -> Strategy:
+        """This strategy without its test-time-only options (:data:`TEST_TIME_OPTIONS`): two
+        strategies with equal ``trained_as()`` train alike, so the engines train them once."""
+        attachments = tuple(
+            replace(a, options=tuple(
+                (k, v) for k, v in a.options if k not in TEST_TIME_OPTIONS.get(a.kind, ())
+            ))
+            for a in self.attachments
+        )  # fmt: skip
+        return replace(self, attachments=attachments, name="")
 
     @property
     def adapts_bn(self) -> bool:
@@ -197,7 +216,16 @@ class Strategy:
             out.append(f"classifier {self.classifier!r}")
         if self.optimizer not in OPTIMIZERS:
             out.append(f"optimizer {self.optimizer!r}")
-        if self.attachments and all(a.kind in ATTACHMENTS for a in self.attachments):
+        if self.path == "spottune":  # tuned copies, policy and head by the protocol's SGD
+            if len(self.attachments) != 1:
+                out.append("spottune with other attachments")
+            if self.classifier not in ("protocol", "linear", "cosine") or self.optimizer != "sgd":
+                out.append("spottune other than by SGD with a trained head")
+            if self.scheme.n_trainable_layers:
+                out.append("spottune with trained layers (its copies take the attachment's lr)")
+            if self.feature_transform != "none" or self.bn_stats not in ("protocol", "eval"):
+                out.append("spottune with a feature transform or AdaBN")
+        elif self.attachments and all(a.kind in ATTACHMENTS for a in self.attachments):
             # TSA / LT+NCC: NCC loss, Adadelta, frozen backbone
             if self.classifier != "ncc-cosine" or self.optimizer != "adadelta":
                 out.append("attachments trained other than by Adadelta on the NCC (cosine) loss")
@@ -216,7 +244,7 @@ class Strategy:
             out.append("meta-trained parts (loads)")
         if self.closed_form and self.scheme.n_trainable_layers:
             out.append(f"classifier {self.classifier!r} with trained layers")
-        if self.steps is not None and not self.attachments:
+        if self.steps is not None and self.path != "attachments":
             out.append(f"steps {self.steps}")
         return out
 
@@ -233,7 +261,7 @@ class Strategy:
                 "not implement yet (see docs/strategies.md for the plan); use a strategy of "
                 "implemented values"
             )
-        if self.path != "sgd":  # the protocol's head and BN mode do not apply
+        if self.path not in ("sgd", "spottune"):  # the protocol's head and BN mode do not apply
             return cfg
         head = cfg.head if self.classifier == "protocol" else self.classifier
         keep = self.bn_stats in ("protocol", *ADAPTIVE_BN_STATS)

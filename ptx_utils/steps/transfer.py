@@ -34,6 +34,7 @@ from ptx_utils.finetuning import (
     logistic_regression,
     lt_ncc,
     nearest_centroid,
+    spottune,
     tsa,
     with_adabn,
     with_channel_importance,
@@ -57,10 +58,12 @@ def fixed_strategies(
 def survey_strategies(searched: Strategy | Scheme, head_lr: float) -> dict[str, Strategy]:
     """The survey's strategies beside the paper's: fitted on frozen features (nearest centroid,
     logistic regression; with the channel importance transform), AdaBN (support, and
-    transductive), TSA and LT+NCC (``docs/strategies.md``)."""
+    transductive), TSA and LT+NCC, SpotTune per image and global (half the blocks), decisions
+    sampled and argmax (``docs/strategies.md``)."""
     searched = as_strategy(searched)
     n = len(searched.lrs)
     ncc = nearest_centroid(n, "cosine")
+    k = max(1, n // 2)  # SpotTune's global variant: half the blocks tuned
     return {
         "nearest centroid (euc)": nearest_centroid(n, "euclidean"),
         "nearest centroid (cos)": ncc,
@@ -74,6 +77,12 @@ def survey_strategies(searched: Strategy | Scheme, head_lr: float) -> dict[str, 
         "searched + AdaBN": with_adabn(searched),
         "LT+NCC": lt_ncc(n),
         "TSA": tsa(n),
+        "SpotTune": spottune(n, head_lr=head_lr),
+        "SpotTune (argmax)": spottune(n, head_lr=head_lr, inference="argmax"),
+        f"SpotTune global-{k}": spottune(n, head_lr=head_lr, global_k=k),
+        f"SpotTune global-{k} (argmax)": spottune(
+            n, head_lr=head_lr, global_k=k, inference="argmax"
+        ),
     }
 
 
@@ -81,10 +90,11 @@ def survey_strategies(searched: Strategy | Scheme, head_lr: float) -> dict[str, 
 #: searched scheme and the paper's four fixed strategies; ``"representative"`` (demo, smoke):
 #: those and every survey strategy that costs no more than a linear probe; ``"all"``: every one.
 STRATEGY_SETS = ("paper", "representative", "all")
-#: The survey strategies ``"representative"`` leaves out: each costs a fine-tuning or more (TSA's
-#: 40 full-batch steps through the whole backbone: 1.8 s a 5-shot replica at 32×32 on 2 cores,
-#: six times the smoke preset's full fine-tune).
-_COSTLY = ("linear probe + CIT", "linear probe + AdaBN", "searched + AdaBN", "TSA")
+#: The survey strategies ``"representative"`` leaves out (names starting so): each costs a
+#: fine-tuning or more (TSA's 40 full-batch steps through the whole backbone: 1.8 s a 5-shot
+#: replica at 32×32 on 2 cores, six times the smoke preset's full fine-tune; SpotTune trains a
+#: copy of every block beside the frozen one, 1.7 times a full fine-tune on Omniglot).
+_COSTLY = ("linear probe + CIT", "linear probe + AdaBN", "searched + AdaBN", "TSA", "SpotTune")
 
 
 def transfer_strategies(
@@ -96,7 +106,7 @@ def transfer_strategies(
     Example:
         >>> names = transfer_strategies(Scheme((0, 0, 0.01, 0.1)), strategy_set="all")
         >>> list(names)[:3], len(names)
-        (['searched', 'linear probe', 'full fine-tune'], 17)
+        (['searched', 'linear probe', 'full fine-tune'], 21)
     """
     if strategy_set not in STRATEGY_SETS:
         raise ValueError(f"strategy_set must be one of {STRATEGY_SETS}, got {strategy_set!r}")
@@ -106,7 +116,7 @@ def transfer_strategies(
     if strategy_set != "paper":
         survey = survey_strategies(searched, head)
         if strategy_set == "representative":
-            survey = {k: v for k, v in survey.items() if k not in _COSTLY}
+            survey = {k: v for k, v in survey.items() if not k.startswith(_COSTLY)}
         named.update(survey)
     return named
 
