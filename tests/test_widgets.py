@@ -271,6 +271,42 @@ def test_domain_shift_explorer_redraws_on_slide_and_has_a_static_figure() -> Non
         plt.close(fig)
 
 
+def test_domain_shift_explorer_shows_where_spottune_routes() -> None:
+    samples, summary, schemes = shift_inputs()
+    routing = pd.DataFrame(
+        [
+            {"target": t, "strategy": name, "block": b, "mean": m, "std": 0.1}
+            for t, m in zip(TARGETS, (0.2, 0.5, 0.9), strict=True)
+            for name in ("SpotTune", "SpotTune global-2")
+            for b in range(4)
+        ]
+    )
+    explorer = W.DomainShiftExplorer(
+        targets=TARGETS, samples=samples, summary=summary, schemes=schemes, layer_names=LAYERS,
+        routing=routing[routing["target"] != TARGETS[2]],
+    )  # fmt: skip
+    fig = explorer.target_figure(TARGETS[0])
+    try:
+        assert len(fig.axes) == 4 and len(fig.axes[3].patches) == 8  # 2 strategies x 4 blocks
+        assert [round(p.get_height(), 3) for p in fig.axes[3].patches[:4]] == [0.2] * 4
+    finally:
+        plt.close(fig)
+    fig = explorer.target_figure(TARGETS[2])  # a target without SpotTune: said, not drawn
+    try:
+        assert "no SpotTune here" in [t.get_text() for t in fig.axes[3].texts]
+    finally:
+        plt.close(fig)
+    fig = explorer.static_figure()
+    try:
+        assert len(fig.axes) == 4 * len(TARGETS)
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="routing lacks column"):
+        W.DomainShiftExplorer(
+            TARGETS, samples, summary, schemes, LAYERS, routing.drop(columns="block")
+        )
+
+
 def test_domain_shift_explorer_names_what_is_missing() -> None:
     samples, summary, schemes = shift_inputs()
     del samples["shift 0.5"]

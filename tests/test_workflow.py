@@ -208,3 +208,23 @@ def test_run_domain_shift_end_to_end(tmp_path: Path) -> None:
             run_dir=tmp_path,
         )
     assert (tmp_path / "results" / "domain_shift_summary.csv").read_text() == before
+
+
+@pytest.mark.slow
+def test_run_domain_shift_reports_where_spottune_routes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = create_backbone("conv4", in_channels=3, image_size=16).eval()
+    targets = domain_shift.shift_targets("synthetic", [1.0], [], "val", "test", 3, 16)
+    result = domain_shift.run_domain_shift(
+        net, targets, val=EpisodeSetting(3, 1, 2, 2), test=EpisodeSetting(3, 1, 2, 3),
+        settings={"population": 2, "generations": 1, "top_k": 1},
+        cfg=FinetuneConfig(head="cosine", passes=1), run_dir=tmp_path, strategy_set="all",
+        routing_episodes=2,
+    )  # fmt: skip
+    assert result.routing is not None
+    spot = [s for s in dict.fromkeys(result.summary["strategy"]) if s.startswith("SpotTune")]
+    assert list(dict.fromkeys(result.routing["strategy"])) == spot and len(spot) == 4
+    assert len(result.routing) == 4 * 4 and (result.routing["n"] == 2).all()
+    written = pd.read_csv(tmp_path / "results" / "domain_shift_routing.csv")
+    assert list(written.columns[:4]) == ["target", "order", "shift", "strategy"]
+    assert np.allclose(written["mean"], result.routing["mean"])

@@ -5,10 +5,12 @@
 - :mod:`~ptx_utils.evaluation.report` — :func:`write_results` (CSV, LaTeX, provenance).
 - :mod:`~ptx_utils.evaluation.steps` — :func:`evaluate_steps`: accuracy against the number of
   updates, from one run.
+- :mod:`~ptx_utils.evaluation.routing` — :func:`spottune_routing`: where SpotTune routes.
 """
 
 from ptx_utils.evaluation.harness import Evaluation, evaluate_strategies, strategy_checkpoint
 from ptx_utils.evaluation.report import mean_ci_latex, summary_latex, write_results
+from ptx_utils.evaluation.routing import routing_summary, spottune_routing
 from ptx_utils.evaluation.steps import evaluate_steps, steps_summary
 from ptx_utils.evaluation.tables import (
     PAIRED_COLUMNS,
@@ -29,6 +31,8 @@ __all__ = [
     "evaluate_strategies",
     "mean_ci_latex",
     "paired_table",
+    "routing_summary",
+    "spottune_routing",
     "steps_summary",
     "strategy_checkpoint",
     "summary_latex",

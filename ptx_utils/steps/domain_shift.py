@@ -18,6 +18,7 @@ from ptx_utils.data import FewShotDataset, load_dataset
 from ptx_utils.data.convert import match_format
 from ptx_utils.data.episodes import EpisodeSetting
 from ptx_utils.evaluation import evaluate_strategies, mean_ci_latex, summary_table
+from ptx_utils.evaluation.routing import routing_summary, spottune_routing
 from ptx_utils.finetuning import FinetuneConfig, Scheme
 from ptx_utils.models import Backbone
 from ptx_utils.search import SearchResult, search
@@ -146,12 +147,16 @@ class DomainShiftResult:
         summary: per (target, strategy), columns :data:`SHIFT_SUMMARY_COLUMNS`.
         schemes: the searched scheme per (target, layer), columns :data:`SHIFT_SCHEME_COLUMNS`.
         searches: target label -> its search.
+        routing: with SpotTune among the strategies, per (target, strategy, block) the fraction
+            of queries routed to the tuned copy (:func:`~ptx_utils.evaluation.routing_summary`
+            over the first ``routing_episodes`` test episodes); else None.
     """
 
     rows: pd.DataFrame
     summary: pd.DataFrame
     schemes: pd.DataFrame
     searches: dict[str, SearchResult]
+    routing: pd.DataFrame | None = None
 
     def searched(self) -> dict[str, Scheme]:
         """Target label -> the searched scheme."""
@@ -168,6 +173,7 @@ def run_domain_shift(
     run_dir: str | Path,
     runtime: Runtime | None = None,
     strategy_set: str = "paper",
+    routing_episodes: int = 20,
 ) -> DomainShiftResult:
     """Search a scheme on each target's validation classes (episodes ``val``), then test it beside
     the fixed strategies on the target's novel classes (episodes ``test``); write everything.
@@ -176,7 +182,9 @@ def run_domain_shift(
     (both resume from there); results to
     ``run_dir/results/domain_shift_{episodes,summary,schemes}.csv``, ``domain_shift_summary.tex``
     and ``domain_shift_provenance.json``, which must not exist yet. ``strategy_set`` chooses
-    the strategies beside the searched scheme (:func:`~.transfer.transfer_strategies`).
+    the strategies beside the searched scheme (:func:`~.transfer.transfer_strategies`); with
+    SpotTune among them, where it routes on the first ``routing_episodes`` test episodes goes to
+    ``domain_shift_routing.csv``.
     """
     runtime = Runtime() if runtime is None else runtime
     seed = runtime.seed
@@ -189,11 +197,12 @@ def run_domain_shift(
         "summary_tex": results / "domain_shift_summary.tex",
         "provenance": results / "domain_shift_provenance.json",
         "summary": results / "domain_shift_summary.csv",
+        "routing": results / "domain_shift_routing.csv",
     }
     refuse_existing(files.values(), "domain-shift results", "use a new run directory")
     config = search_config(settings, "evolution", seed)
     searches: dict[str, SearchResult] = {}
-    frames, summaries, scheme_rows = [], [], []
+    frames, summaries, scheme_rows, routings = [], [], [], []
     for target in targets:
         print(f"target {target.label}: search on {target.val.name}/{target.val.split}")
         result = search(
@@ -208,10 +217,17 @@ def run_domain_shift(
         searches[target.label] = result
         best = result.best
         strategies = transfer_strategies(best.scheme, strategy_set=strategy_set)
+        test_episodes = test.sample(target.test, seed=seed)
         rows = evaluate_strategies(
-            backbone, strategies, target.test, test.sample(target.test, seed=seed), cfg,
+            backbone, strategies, target.test, test_episodes, cfg,
             runtime=runtime, checkpoint_dir=Path(run_dir) / "shift" / target.slug / "test",
         ).rows  # fmt: skip
+        spot = {n: s for n, s in strategies.items() if s.path == "spottune"}
+        if spot and routing_episodes:
+            sub = test_episodes[: min(routing_episodes, len(test_episodes))]
+            routed = spottune_routing(backbone, spot, target.test, sub, cfg, runtime)
+            where = {"target": target.label, "order": target.order, "shift": target.shift}
+            routings.append(routing_summary(routed).assign(**where))
         rows.insert(0, "shift", target.shift)
         rows.insert(0, "order", target.order)
         rows.insert(0, "target", target.label)
@@ -239,6 +255,11 @@ def run_domain_shift(
     summary = pd.concat(summaries, ignore_index=True)[list(SHIFT_SUMMARY_COLUMNS)]
     schemes = pd.DataFrame(scheme_rows, columns=list(SHIFT_SCHEME_COLUMNS))
 
+    routing = pd.concat(routings, ignore_index=True) if routings else None
+    if routing is not None:
+        front = ["target", "order", "shift"]
+        routing = routing[front + [c for c in routing.columns if c not in front]]
+        atomic_write_text(files["routing"], routing.to_csv(index=False))
     atomic_write_text(files["episodes"], rows.to_csv(index=False))
     atomic_write_text(files["schemes"], schemes.to_csv(index=False))
     atomic_write_text(
@@ -263,4 +284,4 @@ def run_domain_shift(
     )
     # The summary goes last: notebook 05 takes its presence to mean the step finished.
     atomic_write_text(files["summary"], summary.to_csv(index=False))
-    return DomainShiftResult(rows, summary, schemes, searches)
+    return DomainShiftResult(rows, summary, schemes, searches, routing)

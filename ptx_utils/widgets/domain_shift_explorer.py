@@ -1,5 +1,5 @@
 """The domain-shift explorer: slide along the domain-shift targets and see sample images, the
-scheme searched at each target and every strategy's accuracy there.
+scheme searched at each target, every strategy's accuracy there and where SpotTune routes.
 
 Live in JupyterLab with :meth:`DomainShiftExplorer.widget`;
 :meth:`DomainShiftExplorer.static_figure` is its matplotlib twin (see ``docs/widgets.md``).
@@ -50,6 +50,18 @@ def _symlog_rates(ax: Any, lrs: Sequence[float], rates: Sequence[float], labels:
     ax.grid(axis="y", lw=0.4, alpha=0.5)
 
 
+def _check_routing(routing: pd.DataFrame | None) -> pd.DataFrame | None:
+    if routing is None:
+        return None
+    lacking = [c for c in ("target", "strategy", "block", "mean") if c not in routing]
+    if lacking:
+        raise ValueError(
+            f"routing lacks column(s) {', '.join(lacking)}; give DomainShiftResult.routing "
+            "(target, strategy, block, mean, std) or None"
+        )
+    return routing.reset_index(drop=True)
+
+
 class DomainShiftExplorer:
     """How the searched scheme and the strategies' accuracy change with the domain shift.
 
@@ -63,6 +75,9 @@ class DomainShiftExplorer:
             chance line.
         schemes: target -> the strategy (or bare scheme) searched at that target.
         layer_names: the backbone's layers (one rate each in every scheme).
+        routing: optional, columns ``target``, ``strategy``, ``block``, ``mean`` (and ``std``):
+            the fraction of queries SpotTune routed to the tuned copy per block
+            (``DomainShiftResult.routing``); a panel per target when given.
 
     Raises:
         ValueError: a target lacks samples, a scheme or summary rows, or an input is malformed.
@@ -76,8 +91,10 @@ class DomainShiftExplorer:
         summary: pd.DataFrame,
         schemes: Mapping[str, Strategy | Scheme],
         layer_names: Sequence[str],
+        routing: pd.DataFrame | None = None,
     ) -> None:
         self.targets: tuple[str, ...] = tuple(targets)
+        self.routing: pd.DataFrame | None = _check_routing(routing)
         self.layer_names: tuple[str, ...] = tuple(layer_names)
         if not self.targets:
             raise ValueError("DomainShiftExplorer needs at least one target")
@@ -206,12 +223,44 @@ class DomainShiftExplorer:
             ax.set_yticklabels([])
         ax.grid(axis="y", lw=0.4, alpha=0.5)
 
+    def _routing_panel(self, ax: Any, target: str, labels: bool = True) -> None:
+        """SpotTune's tuned fraction per block at ``target``: bars per strategy, sd as error."""
+        assert self.routing is not None
+        rows = self.routing[self.routing["target"] == target]
+        names = list(dict.fromkeys(rows["strategy"]))
+        blocks = sorted(set(self.routing["block"]))
+        width = 0.8 / max(len(names), 1)
+        for k, name in enumerate(names):
+            part = rows[rows["strategy"] == name].set_index("block").reindex(blocks)
+            x = np.arange(len(blocks)) + (k - (len(names) - 1) / 2) * width
+            sd = part["std"].fillna(0).to_numpy() if "std" in part else None
+            color = OKABE_ITO[(k + 3) % len(OKABE_ITO)]
+            ax.bar(x, part["mean"].fillna(0), width=width, yerr=sd, capsize=2, color=color,
+                   label=short_label(name, 24))  # fmt: skip
+        ax.set_xticks(range(len(blocks)), [f"block {b + 1}" for b in blocks], fontsize=7)
+        ax.set_ylim(0, 1.05)
+        if not labels:
+            ax.set_yticklabels([])
+        if names:
+            ax.legend(fontsize=6, loc="upper left")
+        else:
+            ax.text(0.5, 0.5, "no SpotTune here", ha="center", va="center", transform=ax.transAxes)
+        ax.grid(axis="y", lw=0.4, alpha=0.5)
+
     def target_figure(self, target: str) -> Figure:
-        """One target: sample images, the searched scheme per layer, accuracy per strategy."""
+        """One target: sample images, the searched scheme per layer, accuracy per strategy and,
+        with ``routing``, SpotTune's tuned fraction per block."""
         self._check_target(target)
-        fig, (ax_img, ax_scheme, ax_acc) = plt.subplots(
-            1, 3, figsize=(12.5, 3.9), gridspec_kw={"width_ratios": [1.0, 1.3, 1.3]}
-        )
+        n = 3 if self.routing is None else 4
+        fig, axes = plt.subplots(
+            1, n, figsize=(12.5 + 3.6 * (n - 3), 3.9),
+            gridspec_kw={"width_ratios": [1.0, 1.3, 1.3, 1.1][:n]},
+        )  # fmt: skip
+        ax_img, ax_scheme, ax_acc = axes[:3]
+        if self.routing is not None:
+            self._routing_panel(axes[3], target)
+            axes[3].set_title("SpotTune: queries routed to the tuned copy", fontsize=9)
+            axes[3].set_ylabel("fraction (mean ± sd over episodes)")
         self._samples_panel(ax_img, target)
         ax_img.set_title(f"{target}: samples", fontsize=9)
         self._scheme_panel(ax_scheme, target)
@@ -227,12 +276,13 @@ class DomainShiftExplorer:
         """Every target side by side (one column each): row 1 samples, row 2 the searched scheme
         per layer, row 3 accuracy per strategy (same y limits in every column)."""
         n = len(self.targets)
+        rows = 3 if self.routing is None else 4
         fig, axes = plt.subplots(
-            3,
+            rows,
             n,
-            figsize=(3.3 * n + 0.9, 9.6),
+            figsize=(3.3 * n + 0.9, 9.6 + 2.8 * (rows - 3)),
             squeeze=False,
-            gridspec_kw={"height_ratios": [1.0, 0.9, 1.0]},
+            gridspec_kw={"height_ratios": [1.0, 0.9, 1.0, 0.9][:rows]},
         )
         for j, target in enumerate(self.targets):
             self._samples_panel(axes[0][j], target)
@@ -240,6 +290,10 @@ class DomainShiftExplorer:
             self._scheme_panel(axes[1][j], target, labels=j == 0)
             axes[1][j].set_title(short_label(str(self.schemes[target]), 34), fontsize=7.5)
             self._accuracy_panel(axes[2][j], target, labels=j == 0)
+            if self.routing is not None:
+                self._routing_panel(axes[3][j], target, labels=j == 0)
+        if self.routing is not None:
+            axes[3][0].set_ylabel("SpotTune: routed to\nthe tuned copy")
         axes[0][0].set_ylabel("samples")
         axes[1][0].set_ylabel("searched lr (symlog)")
         axes[2][0].set_ylabel("query accuracy\n(mean ± 95% CI)")
