@@ -26,10 +26,10 @@ from ptx_utils.finetuning.spottune import (
     gate_penalty,
     gumbel_noise,
     policy_parameters,
-    spottune_batched,
     spottune_sequential,
     straight_through,
 )
+from ptx_utils.finetuning.spottune_batched import spottune_batched
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 CFG = FinetuneConfig(head="cosine", passes=2)
@@ -195,3 +195,47 @@ def test_harness_trains_the_inference_pair_once_and_routing_matches(
     assert len(table) == 8 and table["mean"].between(0, 1).all()
     with pytest.raises(ValueError, match="not a SpotTune strategy"):
         spottune_routing(conv4, {"lp": linear_probe(4)}, synthetic_test, eps, CFG, runtime)
+
+
+def test_meta_trained_policy_resumes_exactly_and_loads(
+    conv4, tiny_episodes, tmp_path, monkeypatch
+) -> None:
+    from ptx_utils.data import load_dataset
+    from ptx_utils.finetuning import spottune_meta as meta
+
+    base = load_dataset("synthetic", "train", image_size=16, images_per_class=10)
+    cfg = meta.MetaPolicyConfig(episodes=4, inner_passes=1, n_query=2, checkpoint_every=2)
+    whole = meta.meta_train_policy(conv4, base, cfg, tmp_path / "whole", progress=False)
+    assert [c["episodes"] for c in whole.record["curve"]] == [2, 4]
+    real = meta._episode
+
+    def stop_at_3(*args):
+        if args[-1] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(meta, "_episode", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        meta.meta_train_policy(conv4, base, cfg, tmp_path / "cut", progress=False)
+    monkeypatch.setattr(meta, "_episode", real)
+    resumed = meta.meta_train_policy(conv4, base, cfg, tmp_path / "cut", progress=False)
+    state = {k: torch.load(p.path, weights_only=True)["policy"] for k, p in
+             (("whole", whole), ("cut", resumed))}  # fmt: skip
+    for name in state["whole"]:
+        torch.testing.assert_close(state["cut"][name], state["whole"][name], rtol=0, atol=0)
+    assert resumed.record["curve"] == whole.record["curve"]
+    assert float(state["whole"]["weight"].abs().sum()) > 0  # the outer steps moved it
+    assert meta.meta_train_policy(conv4, base, cfg, tmp_path / "whole").sha256 == whole.sha256
+    with pytest.raises(ValueError, match="other config"):
+        other = meta.MetaPolicyConfig(episodes=5, inner_passes=1, n_query=2)
+        meta.meta_train_policy(conv4, base, other, tmp_path / "whole", progress=False)
+
+    loaded = spottune(4, policy=whole.reference, policy_lr=0.0)
+    assert loaded.name == "SpotTune meta" and not loaded.unimplemented()
+    _both(
+        conv4, [loaded, spottune(4, policy=whole.reference, inference="argmax")], tiny_episodes[1]
+    )
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        build_net(conv4, SpotTuneSpec.of(spottune(4, policy=f"{whole.path}#{'0' * 64}")), 5, CFG)
+    with pytest.raises(FileNotFoundError, match="meta-train one"):
+        build_net(conv4, SpotTuneSpec.of(spottune(4, policy=f"nowhere.pt#{'0' * 64}")), 5, CFG)

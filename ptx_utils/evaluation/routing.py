@@ -19,7 +19,7 @@ from ptx_utils.core.runtime import Runtime
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import Episodes
 from ptx_utils.finetuning import FinetuneConfig, Strategy, place_episodes, replica_seed
-from ptx_utils.finetuning.spottune import spottune_batched
+from ptx_utils.finetuning.spottune_batched import spottune_batched
 from ptx_utils.models import Backbone
 
 #: Episodes one call of the batched SpotTune trains at once.

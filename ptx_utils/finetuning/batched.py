@@ -28,7 +28,7 @@ from ptx_utils.finetuning.protocol import FinetuneConfig, check_record
 from ptx_utils.finetuning.replicas import check_episode_tensors
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.sgd_chunks import Variant, prepare, run_engine
-from ptx_utils.finetuning.spottune import spottune_batched
+from ptx_utils.finetuning.spottune_batched import spottune_batched
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.finetuning.vectorize import VECTORIZE
 from ptx_utils.models import Backbone

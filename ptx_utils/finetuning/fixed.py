@@ -146,10 +146,13 @@ def spottune(
     policy_lr: float = SPOTTUNE_POLICY_LR,
     global_k: int | None = None,
     inference: str = "sample",
+    policy: str | None = None,
 ) -> Strategy:
     """SpotTune: a tuned copy of every block at ``lr`` beside the frozen one, a routing policy
     per image (``global_k=None``) or one gate pair per block pulled to ``global_k`` tuned blocks;
-    test-time decisions drawn (``"sample"``, as the paper) or ``"argmax"``.
+    test-time decisions drawn (``"sample"``, as the paper) or ``"argmax"``; ``policy`` a
+    meta-trained policy's ``"path#sha256"`` (:mod:`~ptx_utils.finetuning.spottune_meta`) to start
+    from (kept fixed with ``policy_lr=0``).
 
     Example:
         >>> spottune(4, global_k=2, inference="argmax").name
@@ -157,8 +160,10 @@ def spottune(
     """
     options = {"policy_lr": float(policy_lr), "global_k": global_k, "inference": inference}
     label = "SpotTune" if global_k is None else f"SpotTune global-{global_k}"
+    label += " meta" if policy is not None else ""
     return Strategy(
         Scheme((0.0,) * n_layers, head_lr),
         attachments=(Attachment("spottune", lr, options),),
+        loads=(policy,) if policy is not None else (),
         name=label + (" (argmax)" if inference == "argmax" else ""),
     )

@@ -11,21 +11,27 @@ logit pair per block for every image, pulled to k tuned blocks. ``docs/strategie
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import functools
+import hashlib
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import grad_and_value, vmap
 
 from ptx_utils.data.augment import Augmentation, augment, normalize
-from ptx_utils.finetuning.functional_sgd import sgd_step
-from ptx_utils.finetuning.protocol import FinetuneConfig, check_record_within, replica_plan
+from ptx_utils.finetuning.protocol import (
+    FinetuneConfig,
+    ReplicaPlan,
+    check_record_within,
+    replica_plan,
+)
 from ptx_utils.finetuning.strategy import Strategy
-from ptx_utils.finetuning.vectorize import loop_replicas, per_replica
 from ptx_utils.models import Backbone, create_head
 
 #: The released code's Gumbel-softmax temperature, and its noise guard.
@@ -48,6 +54,7 @@ class SpotTuneSpec:
         tau: Gumbel-softmax temperature; penalty: weight of the global variant's penalty.
         inference: ``"sample"`` (decisions drawn at test, as the paper) or ``"argmax"``.
         force: None, or 0 / 1 — every decision fixed (a check: linear probe / all trainable).
+        policy: a meta-trained policy's ``"path#sha256"`` (the strategy's ``loads``), or None.
     """
 
     lr: float
@@ -57,6 +64,7 @@ class SpotTuneSpec:
     penalty: float = PENALTY
     inference: str = "sample"
     force: int | None = None
+    policy: str | None = None
 
     @classmethod
     def of(cls, strategy: Strategy) -> SpotTuneSpec:
@@ -68,7 +76,12 @@ class SpotTuneSpec:
             raise ValueError(
                 f"unknown spottune option(s) {', '.join(unknown)}; known: {sorted(_OPTIONS)}"
             )
-        spec = cls(att.lr, **{k: v for k, v in options.items()})
+        if len(strategy.loads) > 1:
+            raise ValueError(f"spottune loads one meta-trained policy, got {len(strategy.loads)}")
+        policy = strategy.loads[0] if strategy.loads else None
+        spec = cls(att.lr, **{k: v for k, v in options.items()}, policy=policy)
+        if policy is not None and spec.global_k is not None:
+            raise ValueError("a meta-trained policy routes per image; drop global_k to load one")
         if spec.inference not in INFERENCE:
             raise ValueError(
                 f"spottune inference must be one of {INFERENCE}, got {spec.inference!r}"
@@ -86,7 +99,9 @@ class SpotTuneSpec:
     @property
     def training(self) -> tuple[Any, ...]:
         """What training depends on (replicas that differ only in ``inference`` train alike)."""
-        return (self.lr, self.policy_lr, self.global_k, self.tau, self.penalty, self.force)
+        return (
+            self.lr, self.policy_lr, self.global_k, self.tau, self.penalty, self.force, self.policy
+        )  # fmt: skip
 
 
 def gumbel_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
@@ -213,9 +228,37 @@ def build_net(
     frozen = copy.deepcopy(backbone).float().to(memory_format=torch.contiguous_format).eval()
     head = create_head(cfg.head, frozen.out_dim, n_way).to(_device(frozen))
     net = SpotTuneNet(frozen, head, spec).to(_device(frozen)).eval()
+    if spec.policy is not None:
+        state = load_policy(spec.policy)
+        try:
+            net.policy.load_state_dict({k: v.to(_device(frozen)) for k, v in state.items()})
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the policy {spec.policy.rsplit('#', 1)[0]} was meta-trained for another "
+                f"backbone (its shapes do not fit {backbone.name}): {exc}"
+            ) from None
     for p in net.parameters():
         p.requires_grad_(False)
     return net
+
+
+@functools.lru_cache(maxsize=8)
+def load_policy(reference: str) -> dict[str, torch.Tensor]:
+    """The policy state of a ``"path#sha256"`` reference, its hash checked (weights only)."""
+    path, _, sha = reference.rpartition("#")
+    if not path or len(sha) != 64:
+        raise ValueError(f"a policy reference is 'path#sha256', got {reference!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"meta-trained policy {file} not found; meta-train one with "
+            "ptx_utils.finetuning.spottune_meta.meta_train_policy or fix the path"
+        )
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha:
+        raise ValueError(f"{file} does not match its sha256 {sha[:12]}…: the file changed")
+    payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return dict(payload["policy"])
 
 
 def trained_names(net: SpotTuneNet) -> dict[str, str]:
@@ -228,6 +271,59 @@ def trained_names(net: SpotTuneNet) -> dict[str, str]:
         elif group in ("policy", "gates"):
             out[name] = "policy"
     return out
+
+
+def init_head(net: SpotTuneNet, plan: ReplicaPlan) -> None:
+    """The head's initial weights from the replica plan (as every engine's)."""
+    with torch.no_grad():
+        net.head.weight.copy_(plan.head_weight)
+        if getattr(net.head, "bias", None) is not None:
+            net.head.bias.copy_(plan.head_bias)
+
+
+def fit_support(
+    net: SpotTuneNet,
+    rates: dict[str, float],
+    plan: ReplicaPlan,
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    cfg: FinetuneConfig,
+    after_step: Callable[[int], None] | None = None,
+) -> bool:
+    """The protocol's SGD (``torch.optim.SGD``) on ``net``'s copies, head and policy at
+    ``rates`` (group -> lr; 0 leaves a group frozen), batches and noise from ``plan`` (the head
+    initialised from it by :func:`init_head`). ``after_step(step)`` runs after every update.
+    Returns whether the loss diverged."""
+    device = _device(net)
+    params = dict(net.named_parameters())
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, group in trained_names(net).items():
+        if rates[group] > 0:
+            params[name].requires_grad_(True)
+            groups.setdefault(group, []).append(params[name])
+    optimizer = torch.optim.SGD(
+        [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
+        lr=rates["head"], momentum=cfg.momentum, dampening=cfg.dampening,
+        weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    x_all, y_all = support_images.to(device), support_labels.to(device)
+    aug = Augmentation()
+    for step, row in enumerate(plan.batches, 1):
+        idx = row[row >= 0].to(device)
+        x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
+        noise = gumbel_noise((len(idx), net.n_blocks, 2), plan.generator).to(device)
+        logits, _ = net(x, noise)
+        loss = F.cross_entropy(logits, y_all[idx]) + net.penalty().to(device)
+        if not torch.isfinite(loss):
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(step)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return False
 
 
 def spottune_sequential(
@@ -255,22 +351,7 @@ def spottune_sequential(
     net = build_net(backbone, spec, n_way, cfg)
     device = _device(net)
     plan = replica_plan(seed, len(support_images), n_way, net.frozen.out_dim, cfg)
-    with torch.no_grad():
-        net.head.weight.copy_(plan.head_weight)
-        if getattr(net.head, "bias", None) is not None:
-            net.head.bias.copy_(plan.head_bias)
-    rates = {"tuned": spec.lr, "head": strategy.head_lr, "policy": spec.policy_lr}
-    params = dict(net.named_parameters())
-    groups: dict[str, list[nn.Parameter]] = {}
-    for name, group in trained_names(net).items():
-        params[name].requires_grad_(True)
-        groups.setdefault(group, []).append(params[name])
-    optimizer = torch.optim.SGD(
-        [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
-        lr=strategy.head_lr, momentum=cfg.momentum, dampening=cfg.dampening,
-        weight_decay=cfg.weight_decay,
-    )  # fmt: skip
-    x_all, y_all = support_images.to(device), support_labels.to(device)
+    init_head(net, plan)
     x_query = normalize(query_images.to(device))
     nan = torch.full((len(query_images), n_way), float("nan"), device=device)
 
@@ -286,150 +367,15 @@ def spottune_sequential(
     check_record_within(record, cfg.passes, "passes")
     at = {p * per_pass: j for j, p in enumerate(record)}
     recorded = [nan] * len(record)
-    if 0 in at:
-        recorded[at[0]] = query()[0]
-    aug = Augmentation()
-    for step, row in enumerate(plan.batches, 1):
-        idx = row[row >= 0].to(device)
-        x = augment(x_all[idx], aug, plan.generator) if cfg.augment else normalize(x_all[idx])
-        noise = gumbel_noise((len(idx), net.n_blocks, 2), plan.generator).to(device)
-        logits, _ = net(x, noise)
-        loss = F.cross_entropy(logits, y_all[idx]) + net.penalty().to(device)
-        if not torch.isfinite(loss):
-            return (
-                torch.stack([*recorded, nan]),
-                True,
-                torch.full((len(x_query), net.n_blocks), float("nan")),
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+
+    def keep(step: int) -> None:
         if step in at:
             recorded[at[step]] = query()[0]
+
+    keep(0)
+    rates = {"tuned": spec.lr, "head": strategy.head_lr, "policy": spec.policy_lr}
+    if fit_support(net, rates, plan, support_images, support_labels, cfg, keep):
+        undecided = torch.full((len(x_query), net.n_blocks), float("nan"))
+        return torch.stack([*recorded, nan]), True, undecided
     logits, decisions = query()
     return torch.stack([*recorded, logits]), not bool(torch.isfinite(logits).all()), decisions
-
-
-def spottune_batched(
-    backbone: Backbone,
-    strategies: Sequence[Strategy],
-    episodes: Sequence[int],
-    seeds: Sequence[int],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    cfg: FinetuneConfig,
-    vectorize: str = "auto",
-    record: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replicas of one structure trained together by the functional SGD, as the reference.
-
-    Replica i is ``strategies[i]`` on episode ``episodes[i]`` with seed ``seeds[i]``; replicas
-    that differ only in ``inference`` train once. Images uint8 (E, N | Q, C, H, W).
-
-    Returns:
-        (logits float32 (R, S, Q, n_way) after each ``record`` pass then the last, NaN where a
-        replica had diverged; diverged bool (R,); decisions float32 (R, Q, L) at the end).
-    """
-    specs = [SpotTuneSpec.of(s) for s in strategies]
-    shape = {(s.global_k, s.tau, s.penalty, s.force) for s in specs}
-    if len(shape) != 1:
-        raise ValueError("spottune_batched needs replicas of one structure (global_k, tau, force)")
-    net = build_net(backbone, specs[0], n_way, cfg)
-    dev = _device(net)
-    keys = [
-        (sp.training, st.head_lr, e, s)
-        for sp, st, e, s in zip(specs, strategies, episodes, seeds, strict=True)
-    ]
-    unique = list(dict.fromkeys(keys))
-    of = [unique.index(k) for k in keys]
-    n = len(unique)
-    first = [keys.index(k) for k in unique]  # a replica of each unique training run
-    plans = [
-        replica_plan(seeds[i], support_images.shape[1], n_way, net.frozen.out_dim, cfg)
-        for i in first
-    ]
-    params = dict(net.named_parameters())
-    groups = trained_names(net)
-    rate = {
-        "tuned": [specs[i].lr for i in first],
-        "head": [strategies[i].head_lr for i in first],
-        "policy": [specs[i].policy_lr for i in first],
-    }
-    tp = {k: params[k].detach().expand(n, *params[k].shape).clone() for k in groups}
-    tp["head.weight"] = torch.stack([p.head_weight for p in plans]).to(dev)
-    if "head.bias" in tp:
-        tp["head.bias"] = torch.stack([p.head_bias for p in plans]).to(dev)
-    lr_of = {k: torch.tensor(rate[g], device=dev) for k, g in groups.items()}
-
-    ep = torch.tensor([episodes[i] for i in first], device=support_images.device)
-    s_img, s_lab = support_images[ep].to(dev), support_labels[ep].to(dev)
-    x_q = normalize(query_images[ep].flatten(0, 1)).unflatten(0, (n, -1)).to(dev)
-    spec = specs[0]
-
-    def loss_fn(tp, x, noise, y):
-        logits, _ = torch.func.functional_call(net, tp, (x, noise))
-        return F.cross_entropy(logits, y) + gate_penalty(tp.get("gates"), spec).to(x.device)
-
-    def predict(tp, x, noise):
-        return torch.func.functional_call(net, tp, (x, noise))
-
-    pixels = x_q.shape[-1] * x_q.shape[-2]
-    loop = loop_replicas(
-        vectorize, dev, [t for k, t in tp.items() if k.startswith("tuned")], pixels
-    )
-    step_fn = per_replica(grad_and_value(loss_fn)) if loop else vmap(grad_and_value(loss_fn))
-    forward = per_replica(predict) if loop else vmap(predict)
-    zeros = torch.zeros(n, x_q.shape[1], net.n_blocks, 2, device=dev)
-    sampled = torch.stack(
-        [gumbel_noise(zeros.shape[1:], inference_generator(seeds[i])) for i in first]
-    ).to(dev)
-    modes = [specs[i].inference for i in range(len(specs))]
-
-    def query() -> tuple[torch.Tensor, torch.Tensor]:
-        """Per output replica: logits (R, Q, n_way) masked by ``alive``, decisions (R, Q, L)."""
-        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        with torch.no_grad():
-            for mode in set(modes):
-                out[mode] = forward(tp, x_q, sampled if mode == "sample" else zeros)
-        rows = [out[m][0][u] for m, u in zip(modes, of, strict=True)]
-        logits = torch.stack(rows).float()
-        keep = alive[torch.tensor(of, device=dev)] & torch.isfinite(logits).flatten(1).all(1)
-        logits = torch.where(keep[:, None, None], logits, torch.full_like(logits, float("nan")))
-        return logits, torch.stack([out[m][1][u] for m, u in zip(modes, of, strict=True)])
-
-    batches = torch.stack([p.batches for p in plans]).to(dev)
-    n_steps = batches.shape[1]
-    per_pass = n_steps // cfg.passes if cfg.passes else 0
-    check_record_within(record, cfg.passes, "passes")
-    at = {p * per_pass: j for j, p in enumerate(record)}
-    recorded: list[torch.Tensor | None] = [None] * len(record)
-    alive = torch.ones(n, dtype=torch.bool, device=dev)
-    momentum: dict[str, torch.Tensor] = {}
-    aug = Augmentation()
-    if 0 in at:
-        recorded[at[0]] = query()[0]
-    for step in range(n_steps):
-        b_idx = batches[:, step]
-        width = int((b_idx[0] >= 0).sum())
-        b_idx = b_idx[:, :width]
-        y = s_lab.gather(1, b_idx)
-        if cfg.augment:
-            x = torch.stack(
-                [augment(s_img[r][b_idx[r]], aug, plans[r].generator) for r in range(n)]
-            )
-        else:
-            x = normalize(s_img.flatten(0, 1)).unflatten(0, s_img.shape[:2])[
-                torch.arange(n)[:, None], b_idx
-            ]
-        noise = torch.stack([gumbel_noise((width, net.n_blocks, 2), p.generator) for p in plans])
-        trained = {k: tp[k] for k in groups}
-        grads, loss = step_fn(trained, x, noise.to(dev), y)
-        alive = alive & torch.isfinite(loss)
-        sgd_step(tp, grads, momentum, lr_of, alive, step, cfg)
-        if step + 1 in at:
-            recorded[at[step + 1]] = query()[0]
-    logits, decisions = query()
-    diverged = ~torch.isfinite(logits).flatten(1).all(1)
-    return torch.stack([*recorded, logits], 1), diverged, decisions

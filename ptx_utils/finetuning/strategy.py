@@ -240,7 +240,7 @@ class Strategy:
         if self.bn_stats not in BN_STATS:
             out.append(f"bn_stats {self.bn_stats!r}")
         out += [f"attachment {a.kind!r}" for a in self.attachments if a.kind not in ATTACHMENTS]
-        if self.loads:
+        if self.loads and self.path != "spottune":  # SpotTune loads its meta-trained policy
             out.append("meta-trained parts (loads)")
         if self.closed_form and self.scheme.n_trainable_layers:
             out.append(f"classifier {self.classifier!r} with trained layers")
