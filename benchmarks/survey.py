@@ -48,7 +48,9 @@ from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_tabl
 from ptx_utils.evaluation.routing import routing_summary, spottune_routing
 from ptx_utils.finetuning import FinetuneConfig, Replica, finetune_batched, replica_seed
 from ptx_utils.finetuning.closed_form import fit_logistic_regression
+from ptx_utils.finetuning.fixed import spottune
 from ptx_utils.finetuning.spottune import SpotTuneSpec, build_net, policy_parameters
+from ptx_utils.finetuning.spottune_meta import MetaPolicyConfig, meta_train_policy
 from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.models.features import extract_features
 from ptx_utils.models.zoo import load_pretrained
@@ -187,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         default=50,
         help="test episodes for SpotTune's routing and cost (0: none)",
     )
+    p.add_argument("--spottune-meta", default=None,
+                   help='meta-train SpotTune\'s policy on --train-split first and add it, e.g. '
+                        '\'{"episodes": 500}\' (ptx_utils.finetuning.spottune_meta)')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
@@ -231,6 +236,20 @@ def main(argv: list[str] | None = None) -> None:
                 runtime=runtime,
             )  # fmt: skip
             strategies = transfer_strategies(found.best.scheme, strategy_set=args.strategy_set)
+            meta_record = None
+            if args.spottune_meta:
+                settings = {"k_shot": shot, "seed": args.seed, **json.loads(args.spottune_meta)}
+                policy = meta_train_policy(
+                    model, split(args.train_split), MetaPolicyConfig(**settings),
+                    work / f"spottune-meta-{shot}shot", progress=False,
+                )  # fmt: skip
+                meta_record = {k: policy.record[k] for k in ("identity", "curve", "seconds")}
+                n, head = len(found.best.scheme.lrs), found.best.scheme.head_lr
+                for mode in ("sample", "argmax"):
+                    name = "SpotTune meta" + (" (argmax)" if mode == "argmax" else "")
+                    strategies[name] = spottune(
+                        n, head_lr=head, policy=policy.reference, policy_lr=0.0, inference=mode
+                    )
             test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
             evaluation = evaluate_strategies(
                 model, strategies, test, test_eps, protocol, runtime,
@@ -268,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                         "it_beats_searched": bool(vs_best["mean_diff"] + vs_best["ci95"] < 0),
                     },
                     "logistic_regression": logistic_gradient_norms(model, test, test_eps),
+                    **({"spottune_meta_policy": meta_record} if meta_record else {}),
                     **(
                         {
                             "spottune": spottune_section(

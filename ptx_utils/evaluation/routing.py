@@ -40,7 +40,8 @@ def spottune_routing(
     Returns:
         columns ``strategy, episode, block, layers, tuned_fraction`` (of the episode's queries
         routed through the tuned copy), ``accuracy`` (the episode's, repeated per block) and
-        ``seconds`` (the strategy's training and scoring time per episode).
+        ``seconds`` (training and scoring time per episode of the strategy, shared by
+        strategies that train alike: SpotTune's sampled and argmax pair trains once).
 
     Example:
         >>> from ptx_utils.data import load_dataset
@@ -62,32 +63,34 @@ def spottune_routing(
     frames = []
     bar = tqdm(total=len(strategies) * len(episodes), desc="SpotTune routing", unit="replica",
                disable=not runtime.progress)  # fmt: skip
+    for name, strategy in strategies.items():
+        if strategy.path != "spottune":
+            raise ValueError(f"{name!r} is not a SpotTune strategy (path {strategy.path!r})")
+    groups: dict[Strategy, list[str]] = {}  # strategies that train alike run together
+    for name, strategy in strategies.items():
+        groups.setdefault(strategy.trained_as(), []).append(name)
     try:
-        for name, strategy in strategies.items():
-            if strategy.path != "spottune":
-                raise ValueError(f"{name!r} is not a SpotTune strategy (path {strategy.path!r})")
+        for names in groups.values():
             for start in range(0, len(episodes), ROUTING_CHUNK):
                 eps = list(range(start, min(start + ROUTING_CHUNK, len(episodes))))
                 tic = time.perf_counter()
                 logits, _, decisions = spottune_batched(
-                    model, [strategy] * len(eps), eps,
-                    [replica_seed(runtime.seed, e) for e in eps], s_img, s_lab, q_img,
-                    episodes.n_way, cfg,
+                    model, [strategies[n] for n in names for _ in eps], eps * len(names),
+                    [replica_seed(runtime.seed, e) for e in eps] * len(names), s_img, s_lab,
+                    q_img, episodes.n_way, cfg,
                 )  # fmt: skip
-                seconds = (time.perf_counter() - tic) / len(eps)
-                right = logits[:, -1].argmax(-1) == q_lab[torch.tensor(eps)]
-                accuracy = (
-                    right.double()
-                    .mean(1)
-                    .where(torch.isfinite(logits[:, -1, :, 0]).all(1), torch.nan)
-                )
+                seconds = (time.perf_counter() - tic) / len(eps)  # per trained replica
+                final = logits[:, -1]
+                right = final.argmax(-1) == q_lab[torch.tensor(eps * len(names))]
+                ok = torch.isfinite(final).flatten(1).all(1)
+                accuracy = torch.where(ok, right.double().mean(1), torch.nan)
                 usage = decisions.double().mean(1)  # (R, L)
-                for r, e in enumerate(eps):
+                for r, (name, e) in enumerate((n, e) for n in names for e in eps):
                     for b, layer in enumerate(layers):
                         frames.append(
                             (name, e, b, layer, float(usage[r, b]), float(accuracy[r]), seconds)
                         )
-                bar.update(len(eps))
+                bar.update(len(eps) * len(names))
     finally:
         bar.close()
     return pd.DataFrame(
