@@ -443,8 +443,10 @@ def test_write_results_never_overwrites_silently(evaluation: ev.Evaluation, tmp_
     first = ev.write_results(tmp_path, evaluation, name="val")
     assert "paired" not in first
     before = {p: p.read_text() for p in first.values()}
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match=r"val_episodes\.csv differs.*overwrite=True"):
         ev.write_results(tmp_path, ev.Evaluation(rows.iloc[:3]), name="val")
+    assert {p: p.read_text() for p in first.values()} == before
+    ev.write_results(tmp_path, evaluation, name="val")  # identical settings: kept as they are
     assert {p: p.read_text() for p in first.values()} == before
     ev.write_results(tmp_path, ev.Evaluation(rows.iloc[:3]), name="val", overwrite=True)
     assert len(pd.read_csv(first["episodes"])) == 3

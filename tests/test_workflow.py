@@ -114,6 +114,8 @@ def test_write_transfer_writes_both_tables_and_never_overwrites(tmp_path: Path) 
             tmp_path, Evaluation(_rows({"searched": [0.1, 0.1], "linear probe": [1, 1]}))
         )
     assert (tmp_path / "results" / "transfer_vs_searched.csv").read_text() == before
+    again = transfer.write_transfer(tmp_path, Evaluation(rows))  # identical: kept, no error
+    assert again["vs_searched"].read_text() == before
 
 
 def test_convert_images_channels_and_size() -> None:
@@ -196,18 +198,19 @@ def test_run_domain_shift_end_to_end(tmp_path: Path) -> None:
     assert np.allclose(written["mean"], result.summary["mean"])
     tex = (tmp_path / "results" / "domain_shift_summary.tex").read_text()
     assert "shift 0 & shift 1" in tex and "\\toprule" in tex
-    before = (tmp_path / "results" / "domain_shift_summary.csv").read_text()
-    with pytest.raises(FileExistsError, match="already exist"):
+    before = {p: p.read_text() for p in (tmp_path / "results").iterdir()}
+    again = domain_shift.run_domain_shift(  # identical settings: loads, keeps every file
+        net, targets, val=EpisodeSetting(3, 1, 2, 2), test=EpisodeSetting(3, 1, 2, 3),
+        settings=settings, cfg=cfg, run_dir=tmp_path,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(again.summary, result.summary)
+    assert {p: p.read_text() for p in (tmp_path / "results").iterdir()} == before
+    with pytest.raises(FileExistsError, match="n_test_episodes"):  # other settings: refused
         domain_shift.run_domain_shift(
-            net,
-            targets,
-            val=EpisodeSetting(3, 1, 2, 2),
-            test=EpisodeSetting(3, 1, 2, 3),
-            settings=settings,
-            cfg=cfg,
-            run_dir=tmp_path,
-        )
-    assert (tmp_path / "results" / "domain_shift_summary.csv").read_text() == before
+            net, targets, val=EpisodeSetting(3, 1, 2, 2), test=EpisodeSetting(3, 1, 2, 4),
+            settings=settings, cfg=cfg, run_dir=tmp_path,
+        )  # fmt: skip
+    assert {p: p.read_text() for p in (tmp_path / "results").iterdir()} == before
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ptx_utils.core.io import atomic_write_json, atomic_write_text, refuse_existing
+from ptx_utils.core.io import atomic_write_text, json_text, write_or_match
 from ptx_utils.core.latex import booktabs_table, mean_ci_cell
 from ptx_utils.core.provenance import provenance
 from ptx_utils.evaluation.harness import Evaluation
@@ -110,8 +110,9 @@ def write_results(
     (:func:`summary_table`), ``<name>_summary.tex`` (:func:`summary_latex`),
     ``<name>_paired.csv`` (:func:`paired_table`, only with ``reference``) and
     ``<name>_provenance.json`` (provenance plus the evaluation's ``meta``, the reference and
-    ``extra``). If any target exists, nothing is written (:class:`FileExistsError`) unless
-    ``overwrite=True``.
+    ``extra``). Files already written with identical settings are kept (one line says so); any
+    other existing target means nothing is written (:class:`FileExistsError`, naming what
+    differs) unless ``overwrite=True``.
 
     Returns:
         kind (``episodes``, ``summary``, ``summary_tex``, ``paired``, ``provenance``) -> path.
@@ -132,17 +133,13 @@ def write_results(
     if paired is not None:
         targets["paired"] = results / f"{name}_paired.csv"
     targets["provenance"] = results / f"{name}_provenance.json"
-    if not overwrite:
-        refuse_existing(
-            targets.values(),
-            f"results {name!r}",
-            "choose another name, a new run directory, or pass overwrite=True",
-        )
-    atomic_write_text(targets["episodes"], rows.to_csv(index=False))
-    atomic_write_text(targets["summary"], summary.to_csv(index=False))
-    atomic_write_text(targets["summary_tex"], summary_latex(summary))
+    texts = {
+        targets["episodes"]: rows.to_csv(index=False),
+        targets["summary"]: summary.to_csv(index=False),
+        targets["summary_tex"]: summary_latex(summary),
+    }
     if paired is not None:
-        atomic_write_text(targets["paired"], paired.to_csv(index=False))
+        texts[targets["paired"]] = paired.to_csv(index=False)
     meta: dict[str, Any] = {
         **evaluation.meta,
         "name": name,
@@ -153,5 +150,13 @@ def write_results(
     }
     seed, device = meta.pop("seed", None), meta.pop("device", None)
     payload = provenance(seed=seed, device=device, evaluation_device=device, **meta)
-    atomic_write_json(targets["provenance"], payload)
+    texts[targets["provenance"]] = json_text(payload)
+    if overwrite:
+        for path, text in texts.items():
+            atomic_write_text(path, text)
+    else:
+        write_or_match(
+            texts, f"results {name!r}",
+            "choose another name, a new run directory, or pass overwrite=True",
+        )  # fmt: skip
     return targets

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ptx_utils.core.io import atomic_write_json, atomic_write_text, refuse_existing, slug
+from ptx_utils.core.io import json_text, refuse_if_differs, slug, write_or_match
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset, load_dataset
@@ -181,10 +181,11 @@ def run_domain_shift(
     Searches go to ``run_dir/shift/<target>/`` and the tests to ``run_dir/shift/<target>/test/``
     (both resume from there); results to
     ``run_dir/results/domain_shift_{episodes,summary,schemes}.csv``, ``domain_shift_summary.tex``
-    and ``domain_shift_provenance.json``, which must not exist yet. ``strategy_set`` chooses
-    the strategies beside the searched scheme (:func:`~.transfer.transfer_strategies`); with
-    SpotTune among them, where it routes on the first ``routing_episodes`` test episodes goes to
-    ``domain_shift_routing.csv``.
+    and ``domain_shift_provenance.json``. Run again with identical settings it loads the searches
+    and tests and keeps those files; with other settings it refuses before any work.
+    ``strategy_set`` chooses the strategies beside the searched scheme
+    (:func:`~.transfer.transfer_strategies`); with SpotTune among them, where it routes on the
+    first ``routing_episodes`` test episodes goes to ``domain_shift_routing.csv``.
     """
     runtime = Runtime() if runtime is None else runtime
     seed = runtime.seed
@@ -199,8 +200,26 @@ def run_domain_shift(
         "summary": results / "domain_shift_summary.csv",
         "routing": results / "domain_shift_routing.csv",
     }
-    refuse_existing(files.values(), "domain-shift results", "use a new run directory")
     config = search_config(settings, "evolution", seed)
+    record = json_text(
+        provenance(
+            seed=seed,
+            device=runtime.device,
+            targets=[
+                {"label": t.label, "val": t.val.source, "test": t.test.source} for t in targets
+            ],
+            n_way=val.n_way,
+            k_shot=val.k_shot,
+            n_val_episodes=val.n_episodes,
+            n_test_episodes=test.n_episodes,
+            search=config.to_dict(),
+            finetune_config=asdict(cfg),
+            strategy_set=strategy_set,
+            routing_episodes=routing_episodes,
+        )
+    )
+    what, fix = "domain-shift results", "use a new run directory"
+    refuse_if_differs(files["provenance"], record, what, fix)  # before any work
     searches: dict[str, SearchResult] = {}
     frames, summaries, scheme_rows, routings = [], [], [], []
     for target in targets:
@@ -256,32 +275,15 @@ def run_domain_shift(
     schemes = pd.DataFrame(scheme_rows, columns=list(SHIFT_SCHEME_COLUMNS))
 
     routing = pd.concat(routings, ignore_index=True) if routings else None
+    texts = {files["episodes"]: rows.to_csv(index=False)}
     if routing is not None:
         front = ["target", "order", "shift"]
         routing = routing[front + [c for c in routing.columns if c not in front]]
-        atomic_write_text(files["routing"], routing.to_csv(index=False))
-    atomic_write_text(files["episodes"], rows.to_csv(index=False))
-    atomic_write_text(files["schemes"], schemes.to_csv(index=False))
-    atomic_write_text(
-        files["summary_tex"],
-        mean_ci_latex(summary, index="strategy", columns="target"),
-    )
-    atomic_write_json(
-        files["provenance"],
-        provenance(
-            seed=seed,
-            device=runtime.device,
-            targets=[
-                {"label": t.label, "val": t.val.source, "test": t.test.source} for t in targets
-            ],
-            n_way=val.n_way,
-            k_shot=val.k_shot,
-            n_val_episodes=val.n_episodes,
-            n_test_episodes=test.n_episodes,
-            search=config.to_dict(),
-            finetune_config=asdict(cfg),
-        ),
-    )
+        texts[files["routing"]] = routing.to_csv(index=False)
+    texts[files["schemes"]] = schemes.to_csv(index=False)
+    texts[files["summary_tex"]] = mean_ci_latex(summary, index="strategy", columns="target")
+    texts[files["provenance"]] = record
     # The summary goes last: notebook 05 takes its presence to mean the step finished.
-    atomic_write_text(files["summary"], summary.to_csv(index=False))
+    texts[files["summary"]] = summary.to_csv(index=False)
+    write_or_match(texts, what, fix)
     return DomainShiftResult(rows, summary, schemes, searches, routing)

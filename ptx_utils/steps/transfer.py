@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ptx_utils.core.io import atomic_write_text, refuse_existing
+from ptx_utils.core.io import write_or_match
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeSetting
@@ -172,13 +172,61 @@ def searched_differences(rows: pd.DataFrame, searched: str = "searched") -> pd.D
 def write_transfer(run_dir: str | Path, evaluation: Evaluation) -> dict[str, Path]:
     """Write notebook 03's results under ``run_dir/results/``: ``transfer_*`` from
     :func:`~ptx_utils.evaluation.write_results` (paired against the linear probe) and
-    ``transfer_vs_searched.csv`` (:func:`searched_differences`). Nothing existing is replaced."""
+    ``transfer_vs_searched.csv`` (:func:`searched_differences`). Files already written with
+    identical settings are kept; others are refused, never replaced."""
     target = Path(run_dir) / "results" / "transfer_vs_searched.csv"
-    refuse_existing([target], "transfer results", "use a new run directory")
     differences = searched_differences(evaluation.rows)
     paths = write_results(run_dir, evaluation, "transfer", reference="linear probe")
-    paths["vs_searched"] = atomic_write_text(target, differences.to_csv(index=False))
+    text = differences.to_csv(index=False)
+    write_or_match({target: text}, "transfer results", "use a new run directory")
+    paths["vs_searched"] = target
     return paths
+
+
+def steps_curve(
+    run_dir: str | Path,
+    backbone: Backbone,
+    strategies: Mapping[int, Mapping[str, Strategy | Scheme]],
+    dataset: FewShotDataset,
+    setting: EpisodeSetting,
+    cfg: FinetuneConfig,
+    passes: Sequence[int],
+    runtime: Runtime | None = None,
+) -> pd.DataFrame:
+    """Notebook 03's accuracy-vs-updates rows: loaded from ``results/transfer_steps.csv`` when a
+    run with the same strategies, shots, update counts and episodes wrote it (one line says so),
+    else :func:`accuracy_vs_updates` then :func:`write_steps`.
+
+    Raises:
+        FileExistsError: the saved rows are for other settings (the message says which).
+    """
+    saved = Path(run_dir) / "results" / "transfer_steps.csv"
+    if saved.exists():
+        rows = pd.read_csv(saved)
+        want = {
+            "shots": sorted(int(k) for k in strategies),
+            "strategies": sorted({n for named in strategies.values() for n in named}),
+            "update counts": sorted(int(p) for p in passes),
+            "episodes per shot": setting.n_episodes,
+        }
+        have = {
+            "shots": sorted(int(k) for k in rows["k_shot"].unique()),
+            "strategies": sorted(rows["strategy"].unique()),
+            "update counts": sorted(int(p) for p in rows["passes"].unique()),
+            "episodes per shot": int(rows.groupby("k_shot")["episode"].nunique().max()),
+        }
+        differ = [k for k in want if want[k] != have[k]]
+        if differ:
+            raise FileExistsError(
+                f"{saved} holds accuracy-vs-updates rows for other {', '.join(differ)} "
+                f"(saved {[have[k] for k in differ]}, asked {[want[k] for k in differ]}); "
+                "nothing was overwritten: use a new run directory"
+            )
+        print(f"accuracy-vs-updates rows: loaded {saved} (same settings)")
+        return rows
+    rows = accuracy_vs_updates(backbone, strategies, dataset, setting, cfg, passes, runtime)
+    write_steps(run_dir, rows)
+    return rows
 
 
 def accuracy_vs_updates(
@@ -204,21 +252,24 @@ def accuracy_vs_updates(
 def write_steps(run_dir: str | Path, rows: pd.DataFrame) -> dict[str, Path]:
     """Write :func:`accuracy_vs_updates`' rows under ``run_dir/results/``: ``transfer_steps.csv``
     (one row per strategy × episode × update count), ``transfer_steps_summary.csv`` and ``.tex``
-    (mean ± 95 % CI, a column per update count). Nothing existing is replaced."""
+    (mean ± 95 % CI, a column per update count). Files already written the same are kept;
+    others are refused, never replaced."""
     results = Path(run_dir) / "results"
     paths = {
         "rows": results / "transfer_steps.csv",
         "summary": results / "transfer_steps_summary.csv",
         "latex": results / "transfer_steps_summary.tex",
     }
-    refuse_existing(paths.values(), "accuracy-vs-updates results", "use a new run directory")
     summary = steps_summary(rows)
     table = summary.assign(setting=[f"{k}-shot" for k in summary["k_shot"]])
     latex = mean_ci_latex(
         table, index=["setting", "strategy"], columns="passes",
         caption="Test accuracy (%) after each number of updates (passes; TSA: steps).",
     )  # fmt: skip
-    atomic_write_text(paths["rows"], rows.to_csv(index=False))
-    atomic_write_text(paths["summary"], summary.to_csv(index=False))
-    atomic_write_text(paths["latex"], latex)
+    texts = {
+        paths["rows"]: rows.to_csv(index=False),
+        paths["summary"]: summary.to_csv(index=False),
+        paths["latex"]: latex,
+    }
+    write_or_match(texts, "accuracy-vs-updates results", "use a new run directory")
     return paths
