@@ -156,6 +156,9 @@ def test_adabn_and_channel_transform_toggles(explorer: W.SchemeExplorer) -> None
     assert explorer.button is not None and explorer.status is not None
     explorer.button.click()
     assert strategy in explorer._scores and "%" in explorer.status.value
+    assert "cached" not in explorer.status.value
+    explorer.button.click()  # unchanged: said to be the cached result
+    assert "cached result, not fine-tuned again" in explorer.status.value
     explorer.dropdowns[3].value = 0.01  # a trained layer: the transform is refused, said so
     explorer.button.click()
     assert "not a valid strategy" in explorer.status.value
@@ -194,6 +197,7 @@ def test_static_figure_has_a_bar_per_reference_and_extra(explorer: W.SchemeExplo
     extra = {"mine": Scheme((0.0, 0.0, 0.01, 0.01)), "BN": Scheme((0.01,) * 4, params="bn")}
     fig = explorer.static_figure(extra)
     try:
+        assert f"n = {len(explorer.episodes)} episode(s)" in fig.axes[0].get_title()
         assert len(fig.axes[0].patches) == 4
         assert _bar_labels(fig) == [
             "last-1 (0 0 0 0.01)",

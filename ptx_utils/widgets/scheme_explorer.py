@@ -180,7 +180,8 @@ class SchemeExplorer:
         return _accuracy_barh(
             [_Bar(scheme_label(n, s), *self._scores[s], c) for n, s, c in entries],
             chance=1.0 / e.n_way,
-            title=f"fine-tuned on {len(e)} episode(s), {e.n_way}-way {e.k_shot}-shot",
+            title=f"fine-tuned on n = {len(e)} episode(s), {e.n_way}-way {e.k_shot}-shot"
+            + (" — few episodes: wide intervals" if len(e) < 10 else ""),
             xlabel=f"query accuracy (mean ± 95% CI over {len(e)} episodes; diverged = 0)",
         )
 
@@ -325,12 +326,14 @@ class SchemeExplorer:
             except ValueError as exc:  # the channel transform with trained layers
                 self.status.value = f"<b>not a valid strategy</b>: {exc}"
                 return
+            cached = as_strategy(scheme).check(self.layer_names) in self._scores
             mean, ci95 = self.evaluate(scheme)
             if scheme in self._tried:
                 self._tried.remove(scheme)
             self._tried.append(scheme)
             self._redraw()
-            self.status.value = f"{scheme}: <b>{100 * mean:.1f} ± {100 * ci95:.1f}%</b>"
+            note = " (unchanged: the cached result, not fine-tuned again)" if cached else ""
+            self.status.value = f"{scheme}: <b>{100 * mean:.1f} ± {100 * ci95:.1f}%</b>{note}"
         except Exception as exc:
             self.status.value = "<b>failed</b> (see below)"
             self.output.outputs = (*self.output.outputs, _error_bundle(exc))
