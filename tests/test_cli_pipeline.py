@@ -71,6 +71,32 @@ def test_data_check_real_omniglot_and_mini_imagenet(capsys: pytest.CaptureFixtur
     assert "300 images per class instead of 600" in out
 
 
+def test_lab_copies_the_notebooks_pointed_at_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ptx_utils.running.pipeline import prepare_run
+
+    run_dir, params = prepare_run("smoke", {}, tmp_path / "runs" / "smoke", tmp_path / "runs")
+    (run_dir / "01_pretrain.ipynb").write_text("executed")  # an executed notebook: untouched
+    assert main(["lab", str(run_dir), "--prepare-only"]) == 0
+    out = capsys.readouterr().out
+    assert "jupyter" in out and f"--ServerApp.root_dir={run_dir.resolve() / 'lab'}" in out
+    lab = sorted((run_dir / "lab").glob("*.ipynb"))
+    assert [p.stem for p in lab] == list(NOTEBOOKS)
+    for path in lab:
+        nb = nbformat.read(path, as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and f'run_dir = "{run_dir.resolve()}"' in injected[0].source
+        assert f'preset = "{params["preset"]}"' in injected[0].source
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert (run_dir / "01_pretrain.ipynb").read_text() == "executed"
+    lab[1].write_text(lab[1].read_text().replace("searches = {}", "searches = {}  # mine"))
+    assert main(["lab", str(run_dir), "--prepare-only"]) == 0  # an edited copy is kept
+    assert "# mine" in lab[1].read_text() and "kept" in capsys.readouterr().out
+    assert main(["lab", str(tmp_path), "--prepare-only"]) == 1
+    assert "not a ptx run directory" in capsys.readouterr().err
+
+
 def test_parse_assignment() -> None:
     assert parse_assignment("n_way=20") == ("n_way", 20)
     assert parse_assignment("k_shots=[1, 5]") == ("k_shots", [1, 5])

@@ -3,6 +3,7 @@
 ptx run --preset {smoke,demo,paper} [--dataset NAME] [--backbone NAME] [--run-dir DIR]
         [-p KEY=VALUE ...]
 ptx run --resume RUN_DIR [-p data_root=DIR] [-p device=...]
+ptx lab RUN_DIR [--prepare-only] [-- JUPYTER_ARGS ...]
 ptx data check NAME [--root DIR] [--image-size N] [-o KEY=VALUE ...]
 ptx data list
 ptx zoo list | ptx zoo show NAME
@@ -55,6 +56,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a notebook parameter (value as JSON)",
     )
+
+    lab = sub.add_parser("lab", help="explore a run in JupyterLab (notebooks pointed at it)")
+    lab.add_argument("run_dir", metavar="RUN_DIR")
+    lab.add_argument(
+        "--prepare-only", action="store_true", help="write RUN_DIR/lab/ and print the command"
+    )
+    lab.add_argument("jupyter_args", nargs="*", help="passed to jupyter lab (after --)")
 
     data = sub.add_parser("data", help="datasets: list, check").add_subparsers(
         dest="data_command", required=True
@@ -128,6 +136,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from ptx_utils.running.lab import open_lab
+    from ptx_utils.running.pipeline import PipelineError
+
+    try:
+        return open_lab(args.run_dir, args.prepare_only, args.jupyter_args)
+    except PipelineError as exc:
+        print(f"ptx lab: {exc}", file=sys.stderr)
+        return 1
+
+
 def _data(args: argparse.Namespace) -> int:
     from ptx_utils.data import DataError, check_dataset, format_report, get_dataset_spec
     from ptx_utils.data import list_datasets as names
@@ -155,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     if args.command == "zoo":
         return _zoo(args)
+    if args.command == "lab":
+        return _lab(args)
     return _data(args)
 
 
