@@ -30,6 +30,7 @@ from ptx_utils.finetuning.spottune import (
     straight_through,
 )
 from ptx_utils.finetuning.spottune_batched import spottune_batched
+from ptx_utils.models import create_backbone
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 CFG = FinetuneConfig(head="cosine", passes=2)
@@ -144,6 +145,13 @@ def test_gumbel_noise_is_the_replicas_own_and_penalty_pulls_to_k() -> None:
     assert float(gate_penalty(torch.zeros(4, 2), SpotTuneSpec(0.01))) == 0.0  # per-image policy
 
 
+def test_nothing_trains_when_every_rate_is_zero(conv4, tiny_episodes) -> None:
+    frozen = Strategy(
+        Scheme((0,) * 4, 0.0), attachments=(Attachment("spottune", 0.0, {"policy_lr": 0.0}),)
+    )
+    _both(conv4, [frozen], tiny_episodes[1])  # both engines run it, and agree
+
+
 def test_policy_size_and_spec_errors(conv4) -> None:
     net = build_net(conv4, SpotTuneSpec.of(spottune(4)), 5, CFG)
     assert policy_parameters(net) == 64 * 8 + 8  # Linear(64 -> 2 x 4 blocks)
@@ -157,6 +165,10 @@ def test_policy_size_and_spec_errors(conv4) -> None:
         SpotTuneSpec.of(spottune(4, inference="mode"))
     with pytest.raises(ValueError, match="bn_mode='eval'"):
         build_net(conv4, SpotTuneSpec.of(spottune(4)), 5, FinetuneConfig(bn_mode="train"))
+    with pytest.raises(ValueError, match="has 4 blocks"):
+        build_net(conv4, SpotTuneSpec.of(spottune(4, global_k=5)), 5, CFG)
+    with pytest.raises(ValueError, match="global_k must be"):
+        SpotTuneSpec.of(spottune(4, global_k=True))
     trained = Strategy(Scheme((0, 0, 0, 0.1)), attachments=(Attachment("spottune", 0.01),))
     with pytest.raises(NotImplementedError, match="spottune with trained layers"):
         trained.protocol(CFG)
@@ -226,15 +238,21 @@ def test_meta_trained_policy_resumes_exactly_and_loads(
     assert resumed.record["curve"] == whole.record["curve"]
     assert float(state["whole"]["weight"].abs().sum()) > 0  # the outer steps moved it
     assert meta.meta_train_policy(conv4, base, cfg, tmp_path / "whole").sha256 == whole.sha256
-    with pytest.raises(ValueError, match="other config"):
+    with pytest.raises(ValueError, match=r"other config\.checkpoint_every, config\.episodes"):
         other = meta.MetaPolicyConfig(episodes=5, inner_passes=1, n_query=2)
         meta.meta_train_policy(conv4, base, other, tmp_path / "whole", progress=False)
 
-    loaded = spottune(4, policy=whole.reference, policy_lr=0.0)
+    loaded = spottune(4, policy=whole.reference)
     assert loaded.name == "SpotTune meta" and not loaded.unimplemented()
+    assert dict(loaded.attachments[0].options)["policy_lr"] == 0.0  # a loaded policy stays fixed
+    # loaded and new policies in one call: each replica starts from its own
+    mixed = [loaded, spottune(4, inference="argmax")]
     _both(
-        conv4, [loaded, spottune(4, policy=whole.reference, inference="argmax")], tiny_episodes[1]
+        conv4, [*mixed, spottune(4, policy=whole.reference, inference="argmax")], tiny_episodes[1]
     )
+    other = create_backbone("conv4", in_channels=3, image_size=16)
+    with pytest.raises(ValueError, match="meta-trained on another backbone"):
+        build_net(other, SpotTuneSpec.of(loaded), 5, CFG)
     with pytest.raises(ValueError, match="does not match its sha256"):
         build_net(conv4, SpotTuneSpec.of(spottune(4, policy=f"{whole.path}#{'0' * 64}")), 5, CFG)
     with pytest.raises(FileNotFoundError, match="meta-train one"):

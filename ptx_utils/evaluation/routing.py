@@ -77,7 +77,7 @@ def spottune_routing(
                 logits, _, decisions = spottune_batched(
                     model, [strategies[n] for n in names for _ in eps], eps * len(names),
                     [replica_seed(runtime.seed, e) for e in eps] * len(names), s_img, s_lab,
-                    q_img, episodes.n_way, cfg,
+                    q_img, episodes.n_way, strategies[names[0]].protocol(cfg),
                 )  # fmt: skip
                 seconds = (time.perf_counter() - tic) / len(eps)  # per trained replica
                 final = logits[:, -1]

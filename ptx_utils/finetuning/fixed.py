@@ -143,7 +143,7 @@ def spottune(
     n_layers: int,
     lr: float = 0.01,
     head_lr: float = DEFAULT_HEAD_LR,
-    policy_lr: float = SPOTTUNE_POLICY_LR,
+    policy_lr: float | None = None,
     global_k: int | None = None,
     inference: str = "sample",
     policy: str | None = None,
@@ -151,13 +151,15 @@ def spottune(
     """SpotTune: a tuned copy of every block at ``lr`` beside the frozen one, a routing policy
     per image (``global_k=None``) or one gate pair per block pulled to ``global_k`` tuned blocks;
     test-time decisions drawn (``"sample"``, as the paper) or ``"argmax"``; ``policy`` a
-    meta-trained policy's ``"path#sha256"`` (:mod:`~ptx_utils.finetuning.spottune_meta`) to start
-    from (kept fixed with ``policy_lr=0``).
+    meta-trained policy's ``"path#sha256"`` (:mod:`~ptx_utils.finetuning.spottune_meta`), kept
+    fixed unless ``policy_lr`` is given (default: 0.1 for a new policy, 0 for a loaded one).
 
     Example:
         >>> spottune(4, global_k=2, inference="argmax").name
         'SpotTune global-2 (argmax)'
     """
+    if policy_lr is None:  # a loaded policy stays as meta-trained; a new one trains
+        policy_lr = 0.0 if policy is not None else SPOTTUNE_POLICY_LR
     options = {"policy_lr": float(policy_lr), "global_k": global_k, "inference": inference}
     label = "SpotTune" if global_k is None else f"SpotTune global-{global_k}"
     label += " meta" if policy is not None else ""

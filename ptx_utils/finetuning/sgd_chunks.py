@@ -67,7 +67,7 @@ class Variant:
             adapters = (*spec.structure, spec.steps)
         elif strategy.path == "spottune":
             sp = SpotTuneSpec.of(strategy)
-            adapters = (sp.global_k, sp.tau, sp.penalty, sp.force)
+            adapters = sp.structure
         return cls(
             strategy.path,
             strategy.classifier if strategy.closed_form else None,

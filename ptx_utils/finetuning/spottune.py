@@ -14,6 +14,7 @@ import copy
 import functools
 import hashlib
 import io
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from ptx_utils.finetuning.protocol import (
 )
 from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.models import Backbone, create_head
+from ptx_utils.models.checkpoint import state_digest
 
 #: The released code's Gumbel-softmax temperature, and its noise guard.
 TAU = 5.0
@@ -80,21 +82,32 @@ class SpotTuneSpec:
             raise ValueError(f"spottune loads one meta-trained policy, got {len(strategy.loads)}")
         policy = strategy.loads[0] if strategy.loads else None
         spec = cls(att.lr, **{k: v for k, v in options.items()}, policy=policy)
-        if policy is not None and spec.global_k is not None:
-            raise ValueError("a meta-trained policy routes per image; drop global_k to load one")
+        if policy is not None and (spec.global_k is not None or spec.force is not None):
+            raise ValueError(
+                "a meta-trained policy routes per image; drop global_k and force to load one"
+            )
         if spec.inference not in INFERENCE:
             raise ValueError(
                 f"spottune inference must be one of {INFERENCE}, got {spec.inference!r}"
             )
         if spec.force not in (None, 0, 1):
             raise ValueError(f"spottune force must be None, 0 or 1, got {spec.force!r}")
-        if spec.global_k is not None and (not isinstance(spec.global_k, int) or spec.global_k < 0):
+        if spec.global_k is not None and (
+            isinstance(spec.global_k, bool) or not isinstance(spec.global_k, int)
+            or spec.global_k < 0
+        ):  # fmt: skip
             raise ValueError(
                 f"spottune global_k must be None or an int >= 0, got {spec.global_k!r}"
             )
         if not spec.tau > 0 or spec.policy_lr < 0 or spec.penalty < 0:
             raise ValueError(f"spottune needs tau > 0, policy_lr >= 0, penalty >= 0; got {spec}")
         return spec
+
+    @property
+    def structure(self) -> tuple[Any, ...]:
+        """What replicas batched together must share: the parameters that exist, how they mix,
+        the policy they start from."""
+        return (self.global_k, self.tau, self.penalty, self.force, self.policy)
 
     @property
     def training(self) -> tuple[Any, ...]:
@@ -228,8 +241,19 @@ def build_net(
     frozen = copy.deepcopy(backbone).float().to(memory_format=torch.contiguous_format).eval()
     head = create_head(cfg.head, frozen.out_dim, n_way).to(_device(frozen))
     net = SpotTuneNet(frozen, head, spec).to(_device(frozen)).eval()
+    if spec.global_k is not None and spec.global_k > net.n_blocks:
+        raise ValueError(
+            f"global_k={spec.global_k} but {backbone.name} has {net.n_blocks} blocks to route"
+        )
     if spec.policy is not None:
-        state = load_policy(spec.policy)
+        state, trained_on = load_policy(spec.policy)
+        here = state_digest(backbone)
+        if trained_on is not None and trained_on != here:
+            raise ValueError(
+                f"the policy {spec.policy.rsplit('#', 1)[0]} was meta-trained on another "
+                f"backbone (weights digest {trained_on[:12]}…, this one {here[:12]}…); "
+                "meta-train one for this backbone"
+            )
         try:
             net.policy.load_state_dict({k: v.to(_device(frozen)) for k, v in state.items()})
         except RuntimeError as exc:
@@ -243,8 +267,9 @@ def build_net(
 
 
 @functools.lru_cache(maxsize=8)
-def load_policy(reference: str) -> dict[str, torch.Tensor]:
-    """The policy state of a ``"path#sha256"`` reference, its hash checked (weights only)."""
+def load_policy(reference: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The policy state of a ``"path#sha256"`` reference, its hash checked (weights only), and
+    the weights digest of the backbone it was meta-trained on (None if not recorded)."""
     path, _, sha = reference.rpartition("#")
     if not path or len(sha) != 64:
         raise ValueError(f"a policy reference is 'path#sha256', got {reference!r}")
@@ -258,7 +283,8 @@ def load_policy(reference: str) -> dict[str, torch.Tensor]:
     if hashlib.sha256(blob).hexdigest() != sha:
         raise ValueError(f"{file} does not match its sha256 {sha[:12]}…: the file changed")
     payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    return dict(payload["policy"])
+    identity = json.loads(payload.get("identity", "{}"))
+    return dict(payload["policy"]), identity.get("backbone")
 
 
 def trained_names(net: SpotTuneNet) -> dict[str, str]:
@@ -301,10 +327,14 @@ def fit_support(
         if rates[group] > 0:
             params[name].requires_grad_(True)
             groups.setdefault(group, []).append(params[name])
-    optimizer = torch.optim.SGD(
-        [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
-        lr=rates["head"], momentum=cfg.momentum, dampening=cfg.dampening,
-        weight_decay=cfg.weight_decay,
+    optimizer = (
+        torch.optim.SGD(
+            [{"params": ps, "lr": rates[g]} for g, ps in groups.items()],
+            lr=rates["head"], momentum=cfg.momentum, dampening=cfg.dampening,
+            weight_decay=cfg.weight_decay,
+        )
+        if groups
+        else None  # nothing trains: the draws still happen, so the streams stay aligned
     )  # fmt: skip
     x_all, y_all = support_images.to(device), support_labels.to(device)
     aug = Augmentation()
@@ -316,9 +346,10 @@ def fit_support(
         loss = F.cross_entropy(logits, y_all[idx]) + net.penalty().to(device)
         if not torch.isfinite(loss):
             return True
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         if after_step is not None:
             after_step(step)
     for p in net.parameters():
@@ -375,7 +406,7 @@ def spottune_sequential(
     keep(0)
     rates = {"tuned": spec.lr, "head": strategy.head_lr, "policy": spec.policy_lr}
     if fit_support(net, rates, plan, support_images, support_labels, cfg, keep):
-        undecided = torch.full((len(x_query), net.n_blocks), float("nan"))
+        undecided = torch.full((len(x_query), net.n_blocks), float("nan"), device=device)
         return torch.stack([*recorded, nan]), True, undecided
     logits, decisions = query()
     return torch.stack([*recorded, logits]), not bool(torch.isfinite(logits).all()), decisions

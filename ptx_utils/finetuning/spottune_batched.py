@@ -50,9 +50,11 @@ def spottune_batched(
         replica had diverged; diverged bool (R,); decisions float32 (R, Q, L) at the end).
     """
     specs = [SpotTuneSpec.of(s) for s in strategies]
-    shape = {(s.global_k, s.tau, s.penalty, s.force) for s in specs}
-    if len(shape) != 1:
-        raise ValueError("spottune_batched needs replicas of one structure (global_k, tau, force)")
+    if len({s.structure for s in specs}) != 1:
+        raise ValueError(
+            "spottune_batched needs replicas of one structure (global_k, tau, penalty, force, "
+            "loaded policy)"
+        )
     net = build_net(backbone, specs[0], n_way, cfg)
     dev = next(net.parameters()).device
     keys = [
@@ -149,4 +151,5 @@ def spottune_batched(
             recorded[at[step + 1]] = query()[0]
     logits, decisions = query()
     diverged = ~torch.isfinite(logits).flatten(1).all(1)
+    decisions = torch.where(diverged[:, None, None], torch.nan, decisions)
     return torch.stack([*recorded, logits], 1), diverged, decisions

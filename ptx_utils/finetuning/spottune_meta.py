@@ -1,4 +1,4 @@
-"""SpotTune's meta-trained policy: trained across base-class episodes, then fixed on novel ones.
+"""SpotTune's meta-trained policy: trained across base-class episodes, then loaded on novel ones.
 
 Each training episode fine-tunes the tuned copies and a new head on its support set (the
 protocol's SGD for ``inner_passes`` passes, the policy fixed), then the policy takes one SGD step
@@ -46,9 +46,14 @@ _GATHER = 64
 class MetaPolicyConfig:
     """Meta-training settings (defaults: a CPU budget for Conv4 on Omniglot, stated in the docs).
 
-    ``lr`` / ``head_lr``: the inner loop's rates (copies, head), as the novel episodes use them;
-    ``policy_lr``: the outer SGD's (momentum 0.9); ``inner_passes``: passes over the support set.
+    ``lr`` / ``head_lr``: the inner loop's rates (copies, ``head`` — give the novel episodes'
+    protocol head and rate); ``policy_lr``: the outer SGD's (momentum 0.9); ``inner_passes``:
+    passes over the support set.
     """
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.checkpoint_every < 1 or self.inner_passes < 1:
+            raise ValueError(f"need episodes, checkpoint_every, inner_passes >= 1; got {self}")
 
     episodes: int = 500
     n_way: int = 5
@@ -105,7 +110,11 @@ def meta_train_policy(
         (2, 64)
     """
     out = Path(out_dir)
-    identity = {"config": asdict(cfg), "backbone": state_digest(backbone), "base": base.source}
+    base_record = {"name": base.name, "split": base.split, "fingerprint": base.fingerprint(),
+                   "image_size": base.image_size, "channels": base.channels}  # fmt: skip
+    identity = json.loads(
+        json.dumps({"config": asdict(cfg), "backbone": state_digest(backbone), "base": base_record})
+    )  # fmt: skip; as saved, so it compares equal after a JSON round trip
     record_path, state_path, policy_path = out / "record.json", out / "state.pt", out / "policy.pt"
     if record_path.exists():
         record = json.loads(record_path.read_text())
@@ -230,7 +239,13 @@ def _save_state(
 
 def _same(saved: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
     if saved != identity:
-        differ = sorted(k for k in identity if saved.get(k) != identity[k])
+        differ = sorted(
+            f"{k}.{f}" if isinstance(identity[k], dict) else k
+            for k in identity
+            for f in (identity[k] if isinstance(identity[k], dict) else [None])
+            if (saved.get(k, {}).get(f) if f is not None else saved.get(k))
+            != (identity[k][f] if f is not None else identity[k])
+        )
         raise ValueError(
             f"{where} holds a policy meta-trained with other {', '.join(differ)}; use another "
             "directory or remove it to meta-train again"

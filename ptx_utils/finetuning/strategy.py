@@ -223,8 +223,10 @@ class Strategy:
                 out.append("spottune other than by SGD with a trained head")
             if self.scheme.n_trainable_layers:
                 out.append("spottune with trained layers (its copies take the attachment's lr)")
-            if self.feature_transform != "none" or self.bn_stats not in ("protocol", "eval"):
-                out.append("spottune with a feature transform or AdaBN")
+            if self.feature_transform != "none":
+                out.append("spottune with a feature transform")
+            if self.bn_stats not in ("protocol", "eval"):
+                out.append(f"spottune with bn_stats {self.bn_stats!r} (eval-mode BN only)")
         elif self.attachments and all(a.kind in ATTACHMENTS for a in self.attachments):
             # TSA / LT+NCC: NCC loss, Adadelta, frozen backbone
             if self.classifier != "ncc-cosine" or self.optimizer != "adadelta":
