@@ -132,6 +132,7 @@ def evaluate_strategies(
         chunk_size=runtime.chunk_size,
         progress=runtime.progress,
         precision=runtime.torch_precision(),
+        executor=runtime.where(),
     )
     rows = pd.DataFrame(
         {

@@ -97,6 +97,7 @@ def evaluate_steps(
         chunk_size=runtime.chunk_size,
         progress=runtime.progress,
         precision=runtime.torch_precision(),
+        executor=runtime.where(),
     )
     n_points = len(record)
     return pd.DataFrame(

@@ -6,7 +6,8 @@
 - :mod:`.sequential` — the reference; :mod:`.batched` — the vmapped engine (:mod:`.sgd_chunks`,
   :mod:`.closed_form`, :mod:`.adapters`, :mod:`.bn_stats`, :mod:`.feature_transform`, …),
   proven equal to it.
-- :mod:`.replicas` — run and score replicas with either engine.
+- :mod:`.replicas` — run and score replicas with either engine, here or on Ray workers
+  (:mod:`.ray_executor`).
 """
 
 from ptx_utils.finetuning.batched import BatchedResult, Replica, finetune_batched

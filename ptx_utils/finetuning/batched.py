@@ -27,7 +27,13 @@ from ptx_utils.finetuning.functional_sgd import view_as_replicas
 from ptx_utils.finetuning.protocol import FinetuneConfig, check_record
 from ptx_utils.finetuning.replicas import check_episode_tensors
 from ptx_utils.finetuning.scheme import Scheme
-from ptx_utils.finetuning.sgd_chunks import Variant, prepare, run_engine
+from ptx_utils.finetuning.sgd_chunks import (
+    Variant,
+    prefix_groups,
+    prepare,
+    run_engine,
+    sgd_chunk_size,
+)
 from ptx_utils.finetuning.spottune_batched import spottune_batched
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.finetuning.vectorize import VECTORIZE
@@ -118,13 +124,7 @@ def finetune_batched(
     check_episode_tensors(
         [r.episode for r in replicas], support_images, support_labels, query_images
     )
-    # Replicas whose strategies resolve to the same protocol (head, BN mode) and variant
-    # (closed form, feature transform, AdaBN) run together.
-    protocols: dict[tuple[FinetuneConfig, Variant], list[int]] = {}
-    for i, r in enumerate(replicas):
-        strategy = as_strategy(r.strategy)
-        key = (strategy.protocol(cfg), Variant.of(strategy))
-        protocols.setdefault(key, []).append(i)
+    protocols = _groups(replicas, cfg)
     device = next(backbone.parameters()).device
     precision = resolve_precision(precision, device)
     n_rep, n_query = len(replicas), query_images.shape[1]
@@ -164,6 +164,61 @@ def finetune_batched(
     finally:
         bar.close()
     return BatchedResult(logits[:, -1], diverged, logits[:, :-1] if record is not None else None)
+
+
+def _groups(
+    replicas: Sequence[Replica], cfg: FinetuneConfig
+) -> dict[tuple[FinetuneConfig, Variant], list[int]]:
+    """Replicas whose strategies resolve to the same protocol (head, BN mode) and variant
+    (closed form, feature transform, AdaBN, attachments) run together."""
+    protocols: dict[tuple[FinetuneConfig, Variant], list[int]] = {}
+    for i, r in enumerate(replicas):
+        strategy = as_strategy(r.strategy)
+        protocols.setdefault((strategy.protocol(cfg), Variant.of(strategy)), []).append(i)
+    return protocols
+
+
+def chunk_plan(
+    backbone: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    cfg: FinetuneConfig = FinetuneConfig(),  # noqa: B008  (frozen dataclass)
+    chunk_size: int | None = None,
+    frozen_prefix: bool = True,
+) -> list[list[int]]:
+    """The chunks :func:`finetune_batched` trains, as replica indices: the same call on one
+    chunk's replicas computes exactly that chunk (on a CPU, or with ``chunk_size`` given), so an
+    executor can spread chunks over workers without changing a number.
+
+    Example:
+        >>> from ptx_utils.finetuning import linear_probe
+        >>> from ptx_utils.models import create_backbone
+        >>> x = torch.zeros(3, 5, 3, 16, 16, dtype=torch.uint8)
+        >>> reps = [Replica(linear_probe(4), e) for e in (2, 0, 1)]
+        >>> chunk_plan(create_backbone("conv4", image_size=16), reps, x, x, chunk_size=2)
+        [[1, 2], [0]]
+    """
+    plan: list[list[int]] = []
+    split = backbone.forward_stages()
+    for (protocol, variant), members in _groups(replicas, cfg).items():
+        group = [replicas[i] for i in members]
+        if variant.path == "closed-form":
+            plan.append(members)
+        elif variant.path in ("attachments", "spottune"):
+            order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
+            size = chunk_size or _ATTACHMENT_CHUNK
+            plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
+        else:
+            names = backbone.layer_names()
+            layer_lrs = [dict(zip(names, r.scheme.lrs, strict=True)) for r in group]
+            size = chunk_size or sgd_chunk_size(
+                backbone, support_images, query_images, protocol, len(group)
+            )
+            episodes = [r.episode for r in group]
+            for _, idx in prefix_groups(split, layer_lrs, episodes, frozen_prefix):
+                plan += [[members[i] for i in idx[p : p + size]] for p in range(0, len(idx), size)]
+    return plan
 
 
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
@@ -287,4 +342,4 @@ def _run_closed_form(
     return logits, diverged
 
 
-__all__ = ["BatchedResult", "Replica", "finetune_batched"]
+__all__ = ["BatchedResult", "Replica", "chunk_plan", "finetune_batched"]

@@ -16,12 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ptx_utils.core.device import resolve_device
+from ptx_utils.core.runtime import LOCAL, Executor
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import Episodes
 from ptx_utils.finetuning.protocol import FinetuneConfig
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.sequential import finetune_sequential
-from ptx_utils.finetuning.strategy import Strategy
+from ptx_utils.finetuning.strategy import Strategy, as_strategy
 from ptx_utils.models import Backbone
 
 ENGINES = ("sequential", "batched")
@@ -116,11 +117,20 @@ def _run_replicas(
     desc: str,
     precision: str,
     record: Sequence[int] | None = None,
+    executor: Executor = LOCAL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Either engine on the replicas: (logits (R, Q, n_way), diverged (R,), recorded or None),
-    on the device of the episode tensors."""
+    on the device of the episode tensors; here or on Ray workers (``executor``)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if executor.kind == "ray":
+        from ptx_utils.finetuning.ray_executor import run_replicas_ray
+
+        return run_replicas_ray(
+            model, [as_strategy(s) for s in strategies], episode_index, seeds, episode_tensors,
+            n_way, cfg, engine, chunk_size, progress, desc, precision, record, executor.address,
+            executor.workers,
+        )  # fmt: skip
     support_images, support_labels, query_images, query_labels = episode_tensors
     dev = query_labels.device
     if engine == "batched":
@@ -183,6 +193,7 @@ def replica_accuracies(
     progress: bool = True,
     desc: str = "fine-tuning",
     precision: str = "fp32",
+    executor: Executor = LOCAL,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune replica i = (``strategies[i]``, episode ``episode_index[i]``, ``seeds[i]``), score.
 
@@ -192,6 +203,8 @@ def replica_accuracies(
             int64 (E, N), query_images uint8 (E, Q, C, H, W), query_labels int64 (E, Q)).
         engine: ``"sequential"`` (the reference, one replica at a time) or ``"batched"``.
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:mod:`ptx_utils.core.device`).
+        executor: where the replicas run (:class:`~ptx_utils.core.runtime.Executor`: here, or
+            the batched engine's chunks on Ray workers — the same numbers).
 
     Returns:
         accuracy float64 (R,): fraction of the replica's queries right, NaN when it diverged;
@@ -199,7 +212,7 @@ def replica_accuracies(
     """
     logits, diverged, _ = _run_replicas(
         model, strategies, episode_index, seeds, episode_tensors, n_way, cfg, engine,
-        chunk_size, progress, desc, precision,
+        chunk_size, progress, desc, precision, None, executor,
     )  # fmt: skip
     query_labels = episode_tensors[3]
     # Non-finite logits count as diverged whatever the engine said.
@@ -225,6 +238,7 @@ def replica_curves(
     progress: bool = True,
     desc: str = "accuracy vs updates",
     precision: str = "fp32",
+    executor: Executor = LOCAL,
 ) -> np.ndarray:
     """Query accuracy of replica i after each of ``record`` updates, from one run each.
 
@@ -236,7 +250,7 @@ def replica_curves(
     """
     _, _, recorded = _run_replicas(
         model, strategies, episode_index, seeds, episode_tensors, n_way, cfg, engine,
-        chunk_size, progress, desc, precision, record,
+        chunk_size, progress, desc, precision, record, executor,
     )  # fmt: skip
     assert recorded is not None
     query_labels = episode_tensors[3]

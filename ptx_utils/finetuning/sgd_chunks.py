@@ -40,6 +40,7 @@ from ptx_utils.finetuning.spottune import SpotTuneSpec
 from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.finetuning.vectorize import loop_replicas, per_replica
 from ptx_utils.models import Backbone, create_head
+from ptx_utils.models.stages import ForwardStages
 
 if TYPE_CHECKING:
     from ptx_utils.finetuning.batched import Replica
@@ -101,6 +102,34 @@ class _Engine:
     record: tuple[int, ...] = ()  # passes after which to keep the query logits (+ the last)
 
 
+def prefix_groups(
+    split: ForwardStages,
+    layer_lrs: Sequence[dict[str, float]],
+    episodes: Sequence[int],
+    frozen_prefix: bool = True,
+) -> list[tuple[int, list[int]]]:
+    """Replicas by the number of frozen leading stages they share (most first), each group in
+    (episode, index) order: how :func:`run_engine` orders its chunks."""
+    groups: dict[int, list[int]] = {}
+    for i, lrs in enumerate(layer_lrs):
+        groups.setdefault(split.frozen_prefix(lrs) if frozen_prefix else 0, []).append(i)
+    return [
+        (k, sorted(groups[k], key=lambda i: (episodes[i], i))) for k in sorted(groups, reverse=True)
+    ]
+
+
+def sgd_chunk_size(
+    backbone: nn.Module,
+    support_images: torch.Tensor,
+    query_images: torch.Tensor,
+    cfg: FinetuneConfig,
+    n_rep: int,
+) -> int:
+    """Replicas per SGD chunk when none is given (:func:`~.chunking.auto_chunk_size`)."""
+    images = max(3 * cfg.batch_size, query_images.shape[1])
+    return auto_chunk_size(backbone, support_images[0, :1], images=images, n_rep=n_rep)
+
+
 def run_engine(
     engine: _Engine, chunk_size: int | None, frozen_prefix: bool, bar: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,18 +139,13 @@ def run_engine(
     shape = (n_rep, len(engine.record) + 1, n_query, engine.n_way)
     logits = torch.full(shape, float("nan"), dtype=torch.float32, device=engine.device)
     diverged = torch.zeros(n_rep, dtype=torch.bool, device=engine.device)
-    groups: dict[int, list[int]] = {}
-    for i in range(n_rep):
-        k = engine.runner.split.frozen_prefix(engine.layer_lrs[i]) if frozen_prefix else 0
-        groups.setdefault(k, []).append(i)
-    size = chunk_size or auto_chunk_size(
-        engine.runner.backbone,
-        engine.support_images[0, :1],
-        images=max(3 * engine.cfg.batch_size, engine.query_images.shape[1]),
-        n_rep=n_rep,
+    groups = prefix_groups(
+        engine.runner.split, engine.layer_lrs, [r.episode for r in replicas], frozen_prefix
     )
-    for k in sorted(groups, reverse=True):
-        members = sorted(groups[k], key=lambda i: (replicas[i].episode, i))
+    size = chunk_size or sgd_chunk_size(
+        engine.runner.backbone, engine.support_images, engine.query_images, engine.cfg, n_rep
+    )
+    for k, members in groups:
         pos = 0
         while pos < len(members):
             idx = members[pos : pos + size]

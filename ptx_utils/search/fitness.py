@@ -115,5 +115,6 @@ class EpisodeFitness:
             progress=self.runtime.progress,
             desc=desc,
             precision=self.precision,
+            executor=self.runtime.where(),
         )
         return accuracy.reshape(len(schemes), len(index))
