@@ -23,7 +23,7 @@ from ptx_utils.running.presets import get_preset
 NOTEBOOKS = ("01_pretrain", "02_search", "03_transfer", "04_domain_shift", "05_analysis")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 #: Parameters a resumed run may change: where things are, not what is computed.
-RESUME_OVERRIDES = ("data_root", "device", "runs_root")
+RESUME_OVERRIDES = ("data_root", "device", "runs_root", "executor", "ray_address")
 #: Where the kernel's own messages go, inside the run directory.
 KERNEL_LOG = "kernel.log"
 

@@ -21,6 +21,8 @@ _COMMON: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "precision": "auto",
+    "executor": "local",
+    "ray_address": None,
     "pretrained": None,
     "shift_levels": [0.0, 0.5, 1.0],
     "cross_domain": [],
