@@ -106,6 +106,23 @@ def test_evaluation_and_search_on_ray_equal_local(
 
 
 @pytest.mark.slow
+def test_a_search_started_on_ray_resumes_here_to_the_same_result(
+    local_ray, conv4, synthetic_test: FewShotDataset, tmp_path
+) -> None:
+    """The driver keeps the state: a search stopped after one generation on Ray and finished
+    locally (as after a driver killed, on another cluster) equals one run locally."""
+    eps = sample_episodes(synthetic_test, 5, 1, 3, 2, seed=5)
+    here = Runtime(progress=False, precision="fp32", chunk_size=2)
+    there = Runtime(progress=False, precision="fp32", chunk_size=2, executor="ray", ray_workers=2)
+    short, full = (SearchConfig(population=3, generations=g, top_k=2, seed=1) for g in (1, 2))
+    search(conv4, synthetic_test, eps, short, CFG, tmp_path / "split", runtime=there)
+    resumed = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "split", runtime=here)
+    whole = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "whole", runtime=here)
+    assert [c.fitness for c in resumed.candidates] == [c.fitness for c in whole.candidates]
+    assert resumed.best.scheme == whole.best.scheme
+
+
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_is_replaced_and_the_numbers_hold(
     local_ray, conv4, synthetic_test: FewShotDataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
