@@ -168,7 +168,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
         assert (run_dir / "pretrain" / name).is_file(), name
     rows = _csv(run_dir / "pretrain" / "nearest_centroid_test.csv")
     assert [int(r["k_shot"]) for r in rows] == [1, 5]
-    assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 20 for r in rows)
+    assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 10 for r in rows)
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     assert summary["datasets"]["base"]["classes"] == 64
     results = run_dir / "results"
@@ -191,17 +191,17 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
         )
         assert best["scheme_text"] == r["best_scheme"]
 
-    # 03: every strategy on the 20 test episodes of each shot, the searched scheme from 02
+    # 03: every strategy on the 10 test episodes of each shot, the searched scheme from 02
     transfer = _csv(results / "transfer_summary.csv")
     assert list(transfer[0]) == list(SUMMARY_COLUMNS)
     assert [r["strategy"] for r in transfer] == STRATEGIES * 2
-    assert all(int(r["n_episodes"]) == 20 and 0 <= float(r["mean"]) <= 1 for r in transfer)
+    assert all(int(r["n_episodes"]) == 10 and 0 <= float(r["mean"]) <= 1 for r in transfer)
     assert all(0 <= float(r["ci95"]) < 0.5 for r in transfer if int(r["n"]) > 1)
     searched = {r["k_shot"]: r["scheme"] for r in transfer if r["strategy"] == "searched"}
     evolution = {r["k_shot"]: r["best_scheme"] for r in searches if r["method"] == "evolution"}
     assert searched == evolution
     episodes = _csv(results / "transfer_episodes.csv")
-    assert len(episodes) == 2 * len(STRATEGIES) * 20 and list(episodes[0]) == list(ROW_COLUMNS)
+    assert len(episodes) == 2 * len(STRATEGIES) * 10 and list(episodes[0]) == list(ROW_COLUMNS)
     versus = _csv(results / "transfer_vs_searched.csv")
     assert [r["reference"] for r in versus] == STRATEGIES[1:] * 2
     assert all(r["strategy"] == "searched" and -1 <= float(r["mean_diff"]) <= 1 for r in versus)

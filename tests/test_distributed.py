@@ -72,32 +72,37 @@ def test_a_missing_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> N
         ray_executor.connect()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
+@pytest.mark.slow
+def test_on_a_local_ray_runtime(
+    conv4, synthetic_test: FewShotDataset, tmp_path, monkeypatch
+) -> None:
+    """One Ray runtime of 2 CPUs (started once: it is the costly part) for the three checks."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ptx-kit[ray]')")
     from ptx_utils.finetuning import ray_executor
 
     ray_executor.connect(num_cpus=2)
-    yield ray
-    ray_executor.shutdown()
+    try:
+        _evaluation_and_search_equal_local(conv4, synthetic_test)
+        _a_search_started_on_ray_resumes_here(conv4, synthetic_test, tmp_path)
+        _a_killed_worker_is_replaced(ray, conv4, synthetic_test, monkeypatch)
+    finally:
+        ray_executor.shutdown()
 
 
-@pytest.mark.slow
-def test_evaluation_and_search_on_ray_equal_local(
-    local_ray, conv4, synthetic_test: FewShotDataset
-) -> None:
-    eps = sample_episodes(synthetic_test, 5, 1, 3, 3, seed=2)
+HERE = Runtime(progress=False, precision="fp32", chunk_size=2)
+THERE = Runtime(progress=False, precision="fp32", chunk_size=2, executor="ray", ray_workers=2)
+
+
+def _evaluation_and_search_equal_local(conv4, synthetic_test: FewShotDataset) -> None:
+    eps = sample_episodes(synthetic_test, 5, 1, 3, 2, seed=2)
     named = {f"s{i}": s for i, s in enumerate(STRATEGIES)}
-    here = Runtime(progress=False, precision="fp32", chunk_size=2)
-    there = Runtime(progress=False, precision="fp32", chunk_size=2, executor="ray", ray_workers=2)
-    local = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, here).rows
-    remote = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, there).rows
+    local = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, HERE).rows
+    remote = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, THERE).rows
     np.testing.assert_array_equal(remote["accuracy"].to_numpy(), local["accuracy"].to_numpy())
-
     config = SearchConfig(population=3, generations=2, top_k=2, seed=0)
     found = {
         name: search(conv4, synthetic_test, eps, config, CFG, runtime=runtime)
-        for name, runtime in (("local", here), ("ray", there))
+        for name, runtime in (("local", HERE), ("ray", THERE))
     }
     assert found["ray"].best.scheme == found["local"].best.scheme
     assert [c.fitness for c in found["ray"].candidates] == [
@@ -105,27 +110,20 @@ def test_evaluation_and_search_on_ray_equal_local(
     ]
 
 
-@pytest.mark.slow
-def test_a_search_started_on_ray_resumes_here_to_the_same_result(
-    local_ray, conv4, synthetic_test: FewShotDataset, tmp_path
-) -> None:
+def _a_search_started_on_ray_resumes_here(conv4, synthetic_test, tmp_path) -> None:
     """The driver keeps the state: a search stopped after one generation on Ray and finished
-    locally (as after a driver killed, on another cluster) equals one run locally."""
+    here (as after a driver killed, on another cluster) equals one run here."""
     eps = sample_episodes(synthetic_test, 5, 1, 3, 2, seed=5)
-    here = Runtime(progress=False, precision="fp32", chunk_size=2)
-    there = Runtime(progress=False, precision="fp32", chunk_size=2, executor="ray", ray_workers=2)
     short, full = (SearchConfig(population=3, generations=g, top_k=2, seed=1) for g in (1, 2))
-    search(conv4, synthetic_test, eps, short, CFG, tmp_path / "split", runtime=there)
-    resumed = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "split", runtime=here)
-    whole = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "whole", runtime=here)
+    search(conv4, synthetic_test, eps, short, CFG, tmp_path / "split", runtime=THERE)
+    resumed = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "split", runtime=HERE)
+    whole = search(conv4, synthetic_test, eps, full, CFG, tmp_path / "whole", runtime=HERE)
     assert [c.fitness for c in resumed.candidates] == [c.fitness for c in whole.candidates]
     assert resumed.best.scheme == whole.best.scheme
 
 
-@pytest.mark.slow
-def test_a_worker_killed_mid_run_is_replaced_and_the_numbers_hold(
-    local_ray, conv4, synthetic_test: FewShotDataset, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _a_killed_worker_is_replaced(ray, conv4, synthetic_test, monkeypatch) -> None:
+    """A worker killed while its chunks are pending is restarted; the numbers hold."""
     import os
     import signal
 
@@ -133,11 +131,9 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_numbers_hold(
 
     eps = sample_episodes(synthetic_test, 5, 1, 3, 4, seed=3)
     named = {"full": full_finetune(4), "probe": linear_probe(4)}
-    here = Runtime(progress=False, precision="fp32", chunk_size=2)
-    there = Runtime(progress=False, precision="fp32", chunk_size=2, executor="ray", ray_workers=2)
-    local = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, here).rows
-    pids = [local_ray.get(w.pid.remote()) for w in ray_executor.workers(local_ray, 2)]
-    real_wait, killed = local_ray.wait, []
+    local = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, HERE).rows
+    pids = [ray.get(w.pid.remote()) for w in ray_executor.workers(ray, 2)]
+    real_wait, killed = ray.wait, []
 
     def wait_after_killing(*args, **kwargs):  # the chunks are submitted: kill a busy worker
         if not killed:
@@ -145,10 +141,10 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_numbers_hold(
             killed.append(pids[0])
         return real_wait(*args, **kwargs)
 
-    monkeypatch.setattr(local_ray, "wait", wait_after_killing)
-    remote = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, there).rows
+    monkeypatch.setattr(ray, "wait", wait_after_killing)
+    remote = evaluate_strategies(conv4, named, synthetic_test, eps, CFG, THERE).rows
+    monkeypatch.setattr(ray, "wait", real_wait)
     assert killed
     np.testing.assert_array_equal(remote["accuracy"].to_numpy(), local["accuracy"].to_numpy())
-    monkeypatch.setattr(local_ray, "wait", real_wait)
-    after = [local_ray.get(w.pid.remote()) for w in ray_executor.workers(local_ray, 2)]
+    after = [ray.get(w.pid.remote()) for w in ray_executor.workers(ray, 2)]
     assert after[0] != pids[0] and after[1] == pids[1]  # the killed worker was restarted

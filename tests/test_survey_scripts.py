@@ -29,7 +29,7 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
         "--pretrain", TINY_PRETRAIN, "--search", '{"population": 2, "generations": 1, "top_k": 1}',
         "--val-episodes", "2", "--search-passes", "1", "--passes", "2", "--test-episodes", "3",
         "--strategy-set", "all", "--work", str(tmp_path / "work"), "--out", str(out),
-        "--spottune-meta", '{"episodes": 2, "inner_passes": 1, "n_query": 2}',
+        "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "2",
     ]  # fmt: skip
     _script(repo_root, "survey").main(args)
     record = json.loads(out.read_text())
@@ -47,7 +47,7 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     spot = result["spottune"]
     assert set(spot["strategies"]) == {n for n in names if n.startswith("SpotTune")}
     assert "SpotTune meta (argmax)" in spot["strategies"]
-    assert result["spottune_meta_policy"]["curve"][-1]["episodes"] == 2
+    assert result["spottune_meta_policy"]["curve"][-1]["episodes"] == 1
     assert spot["routing"]["accuracy_equals_harness_max_abs_diff"] < 1e-9
     assert spot["cost"]["SpotTune"]["trained_floats"] > spot["cost"]["searched"]["trained_floats"]
     assert "| SpotTune global-2 (argmax) |" in table and "block 4" in table

@@ -106,8 +106,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_COMMON,
         "strategy_set": "representative",
         "n_query": 5,
-        "n_val_episodes": 4,
-        "n_test_episodes": 20,
+        "n_val_episodes": 2,
+        "n_test_episodes": 10,
         "explore_episodes": 2,
     },
     "demo": {
