@@ -26,10 +26,14 @@ def routing_figure(
     targets = list(summaries)
     names = list(dict.fromkeys(n for s in summaries.values() for n in s["strategy"]))
     colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(targets), 2)))
-    fig, axes = plt.subplots(
-        1, len(names) + 1, figsize=(3.6 * (len(names) + 1), 3.4), squeeze=False
-    )
-    for ax, name in zip(axes[0], names, strict=False):
+    n = len(names) + 1
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    for ax, name in zip(axes, names, strict=False):
         for color, target in zip(colors, targets, strict=False):
             part = summaries[target]
             part = part[part["strategy"] == name].sort_values("block")
@@ -43,7 +47,7 @@ def routing_figure(
                title=name)  # fmt: skip
         ax.set_xticks(range(1, int(x.max()) + 1))
         ax.grid(alpha=0.3)
-    ax = axes[0][-1]
+    ax = axes[n - 1]
     for color, target in zip(colors, targets, strict=False):
         rates = np.asarray(searched.get(target, ()), dtype=float)
         if rates.size:
