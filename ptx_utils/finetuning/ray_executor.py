@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +25,20 @@ from ptx_utils.models import Backbone
 
 #: What to do when Ray is missing.
 INSTALL_HINT = "Ray is not installed: pip install 'ptx-kit[ray]' (or pip install ray)"
+#: How many backbones and episode sets the driver keeps in the object store, and each worker.
+KEEP = 4
 _POOL: dict[str, Any] = {}
-_REFS: dict[tuple[int, ...], Any] = {}
+_REFS: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+
+
+def _remember(cache: OrderedDict, key: Any, make: Any) -> Any:
+    """``cache[key]``, made by ``make()`` when missing; only the newest :data:`KEEP` stay."""
+    if key not in cache:
+        cache[key] = make()
+        while len(cache) > KEEP:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
 
 
 def _ray() -> Any:
@@ -73,23 +86,20 @@ class _Worker:
 
     def __init__(self) -> None:
         torch.set_num_threads(int(os.environ.get("PTX_WORKER_THREADS", "1")))
-        self.cache: dict[str, Any] = {}
+        self.cache: OrderedDict[str, Any] = OrderedDict()
         gpus = _ray().get_gpu_ids()
         self.device = torch.device("cuda", 0) if gpus else torch.device("cpu")
 
     def _get(self, holder: list[Any]) -> Any:
         ref = holder[0]  # wrapped in a list so Ray passes the reference, not the value
-        key = ref.hex()
-        if key not in self.cache:
+
+        def fetch() -> Any:
             value = _ray().get(ref)
             if isinstance(value, tuple):
-                value = tuple(t.to(self.device) for t in value)
-            else:
-                value = value.to(self.device)
-            self.cache = {key: value, **{k: v for k, v in self.cache.items() if k != key}}
-            while len(self.cache) > 4:  # the newest few backbones and episode sets
-                self.cache.pop(next(reversed(self.cache)))
-        return self.cache[key]
+                return tuple(t.to(self.device) for t in value)
+            return value.to(self.device)
+
+        return _remember(self.cache, ref.hex(), fetch)
 
     def pid(self) -> int:
         return os.getpid()
@@ -125,10 +135,12 @@ def workers(ray: Any, n: int | None = None) -> list[Any]:
 def _put(ray: Any, obj: Any) -> list[Any]:
     """The object-store reference of ``obj`` (a backbone or a tensor tuple), put once."""
     key = (id(obj),) if not isinstance(obj, tuple) else tuple(id(t) for t in obj)
-    if key not in _REFS:
+
+    def put() -> tuple[Any, Any]:
         value = tuple(t.cpu() for t in obj) if isinstance(obj, tuple) else _cpu_copy(obj)
-        _REFS[key] = (obj, ray.put(value))  # keep obj alive so its id is not reused
-    return [_REFS[key][1]]
+        return obj, ray.put(value)  # obj kept alive with its entry, so its id is not reused
+
+    return [_remember(_REFS, key, put)[1]]
 
 
 def _cpu_copy(model: Backbone) -> Backbone:
