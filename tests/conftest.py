@@ -3,12 +3,15 @@
 Under pytest-xdist (``make test`` runs ``pytest -n auto --dist worksteal``) every worker, and
 every notebook kernel it starts, uses one torch thread: two workers of two threads each on a
 2-core machine would wait on each other at every kernel call. The tests marked ``slow`` are
-spread over the workers' first shares (:func:`pytest_collection_modifyitems`).
+spread over the workers' first shares (:func:`pytest_collection_modifyitems`); the tests that
+only read the shared smoke run (:func:`smoke_run`, marker ``smoke_reader``) follow the test
+that makes it on the same worker, so none waits for it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,11 +38,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The ``slow`` tests first. Under ``-n N --dist worksteal`` (which hands worker i the i-th
     of N equal contiguous parts of the collection, then lets idle workers steal from the tail of
     busy ones) the slow tests are dealt round-robin to the heads of the N parts, so every worker
-    starts on its share of them; the other tests keep their order and fill the parts."""
+    starts on its share of them; the other tests keep their order and fill the parts. The first
+    part starts with the test that makes the shared smoke run (:func:`smoke_run`) and then the
+    ones that only read it (``smoke_reader``): one worker runs them in turn, none waits."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    fast = [item for item in items if not item.get_closest_marker("slow")]
+    readers = [item for item in items if item.get_closest_marker("smoke_reader")]
+    makers = [
+        item
+        for item in items
+        if "smoke_run" in getattr(item, "fixturenames", ()) and item not in readers
+    ]
+    first = makers + readers
+    rest = [item for item in items if item not in first]
+    slow = [item for item in rest if item.get_closest_marker("slow")]
+    fast = [item for item in rest if not item.get_closest_marker("slow")]
     parts: list[list[pytest.Item]] = [slow[i::workers] for i in range(workers)]
+    parts[0][:0] = first
     left = len(items)
     for i, part in enumerate(parts):
         size = left // (workers - i)  # what worksteal sends worker i first
@@ -49,6 +63,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         left -= len(part)
     parts[-1].extend(fast)
     items[:] = [item for part in parts for item in part]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished ``ptx run --preset smoke`` on the synthetic data, made once per test session
+    and shared by the xdist workers (a file lock; the first to ask runs it). Read it only: a
+    test that changes a run works on a copy (:func:`copy_run`). ``$PTX_TEST_SMOKE_RUN`` names
+    a finished smoke run to use instead (quicker when working on the tests that read it)."""
+    from filelock import FileLock
+
+    if given := os.environ.get("PTX_TEST_SMOKE_RUN"):
+        return Path(given)
+
+    from ptx_utils.running.cli import main
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-smoke"
+    root.mkdir(exist_ok=True)
+    # the run alone in its runs root, so notebook 05 finds only it
+    run_dir, done = root / "runs" / "smoke-run", root / "smoke-run.done"
+    with FileLock(str(root / "smoke-run.lock")):
+        if not done.exists():
+            if run_dir.exists():
+                pytest.fail(f"the shared smoke run in {run_dir} failed earlier in this session")
+            assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 0
+            done.touch()
+    return run_dir
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A copy of a run directory (file times kept) that a test may change."""
+    return Path(shutil.copytree(run_dir, to, symlinks=True))
 
 
 @pytest.fixture(autouse=True, scope="session")

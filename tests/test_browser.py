@@ -1,9 +1,10 @@
-"""The three explorers in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium
-driven by chromedriver (Debian's ``chromium`` and ``chromium-driver``; selenium from the dev
-extra). A notebook builds the explorers on tiny inputs, runs top to bottom, and each explorer
-must render as widgets (not as their text), react to a control, and leave no console error; the
-same check on a notebook that prints the widgets' text instead must fail. Skipped with the reason
-when no browser can be had; every process started is stopped.
+"""The three explorers in a real browser, on a finished run: JupyterLab on 127.0.0.1 with a token,
+headless Chromium driven by chromedriver (Debian's ``chromium`` and ``chromium-driver``; selenium
+from the dev extra). A copy of the session's smoke run gets ``ptx lab``'s notebooks; 02 and 04 run
+top to bottom in the browser, reload the run's results (nothing written but figures), and each
+explorer must render as widgets (not as their text), react to a control and leave no console
+error; the same check on a notebook that prints the widgets' text instead must fail. Skipped with
+the reason when no browser can be had; every process started is stopped.
 """
 
 from __future__ import annotations
@@ -20,41 +21,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import copy_run
 
-pytestmark = pytest.mark.slow
+from ptx_utils.running.lab import LAB_DIR, prepare_lab
+
+pytestmark = [pytest.mark.slow, pytest.mark.smoke_reader]
 TOKEN = "ptx-browser-test"
-SETUP = """\
-import numpy as np, pandas as pd, torch
-from ptx_utils import search as S
-from ptx_utils import widgets as W
-from ptx_utils.data import load_dataset
-from ptx_utils.data.episodes import sample_episodes
-from ptx_utils.finetuning import FinetuneConfig, Scheme, last_k, linear_probe
-from ptx_utils.models import create_backbone
-
-torch.manual_seed(0)
-torch.set_num_threads(1)
-data = load_dataset("synthetic", "test", image_size=16, images_per_class=10)
-model = create_backbone("conv4", in_channels=3, image_size=16).eval()
-layers = model.layer_names()
-references = {"linear probe": linear_probe(4), "last-1": last_k(4, 1)}
-scheme = W.SchemeExplorer(
-    backbone=model, dataset=data, episodes=sample_episodes(data, 3, 1, 2, 2, seed=0),
-    cfg=FinetuneConfig(passes=1), references=references,
-)
-fit = lambda schemes, desc="": np.array([[0.5 + 0.1 * s.n_trainable_layers] * 2 for s in schemes])
-history = W.SearchHistoryBrowser({"evolution": S.evolve(
-    fit, layers, S.SearchConfig(population=3, generations=3, top_k=2, seed=0), progress=False)})
-targets = ["shift 0", "shift 1"]
-samples = {t: torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8) for t in targets}
-summary = pd.DataFrame([{"target": t, "strategy": s, "mean": 0.4 + 0.2 * i, "ci95": 0.05}
-                        for i, t in enumerate(targets) for s in ("searched", "linear probe")])
-schemes = {t: Scheme((0, 0, 0.01 * i, 0.1)) for i, t in enumerate(targets)}
-shift = W.DomainShiftExplorer(
-    targets=targets, samples=samples, summary=summary, layer_names=layers, schemes=schemes
-)
-"""
-LIVE = ["W.show(scheme);", "W.show(history);", "W.show(shift);"]
 # A notebook that shows widgets as text (a saved notebook's view of them): no torch, quick.
 AS_TEXT = [
     "import ipywidgets as w",
@@ -163,7 +135,7 @@ def run_all(driver, url: str, name: str, timeout: float = 150) -> None:
         ec.element_to_be_clickable((By.CSS_SELECTOR, "li[data-command='runmenu:run-all']"))
     )
     item.click()
-    wait.until(lambda d: _all_ran(d.find_elements(By.CSS_SELECTOR, ".jp-InputPrompt")))
+    wait.until(lambda d: _all_ran(d.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")))
 
 
 def _all_ran(prompts: list) -> bool:
@@ -180,8 +152,8 @@ def _kernel_status(driver) -> str:
     return bar[0].text.lower() if bar else ""
 
 
-def widget_problems(driver) -> list[str]:
-    """What is wrong with the page's explorers: fewer than three rendered widget trees, an
+def widget_problems(driver, expected: int) -> list[str]:
+    """What is wrong with the page's explorers: fewer than ``expected`` rendered widget trees, an
     'Error displaying widget', or a widget shown as its text repr."""
     from selenium.webdriver.common.by import By
 
@@ -197,49 +169,91 @@ def widget_problems(driver) -> list[str]:
         for v in views
         if not v.find_elements(By.XPATH, "ancestor::div[contains(@class,'widget-vbox')]")
     ]
-    if len(tops) < 3:
-        problems.append(f"{len(tops)} explorer widget(s) rendered, 3 expected")
+    if len(tops) < expected:
+        problems.append(f"{len(tops)} explorer widget(s) rendered, {expected} expected")
     return problems
 
 
-def test_the_explorers_render_and_respond_in_a_browser(lab, browser, tmp_path: Path) -> None:
+def _console_errors(driver) -> list[dict]:
+    return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+
+
+def _files(run: Path) -> dict[Path, tuple[bytes, int]]:
+    """Every file of a run but its figures and lab notebooks: content and modification time."""
+    skip = {run / "figures", run / LAB_DIR}
+    return {
+        p: (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in run.rglob("*")
+        if p.is_file() and not any(parent in skip for parent in p.parents)
+    }
+
+
+@pytest.fixture(scope="module")
+def explored_run(lab: tuple[str, Path], smoke_run: Path) -> Path:
+    """A copy of the session's smoke run inside the lab's folder, with ``ptx lab``'s notebooks."""
+    run = copy_run(smoke_run, lab[1] / "smoke-run")
+    prepare_lab(run)
+    return run
+
+
+def test_a_finished_run_reopens_with_live_explorers(
+    lab, browser, explored_run: Path, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, root = lab
-    _notebook(root / "explore.ipynb", [SETUP, *LIVE])
-    run_all(browser, url, "explore.ipynb")
-    assert widget_problems(browser) == []
+    url, _ = lab
+    before = _files(explored_run)
 
-    # the scheme explorer's button fine-tunes and says so
-    def texts(d) -> list[str]:
-        return [s.text for s in d.find_elements(By.CSS_SELECTOR, ".widget-html-content")]
+    # 02: the search-history browser and the scheme explorer
+    run_all(browser, url, f"smoke-run/{LAB_DIR}/02_search.ipynb")
+    assert widget_problems(browser, expected=2) == []
 
-    before = texts(browser)
-    browser.find_element(By.XPATH, "//button[contains(., 'fine-tune')]").click()
-    WebDriverWait(browser, 60).until(
-        lambda d: texts(d) != before and any("%" in t for t in texts(d))
-    )
+    def status() -> str:
+        return browser.find_element(
+            By.XPATH, "//button[contains(., 'fine-tune on')]/following-sibling::*"
+        ).text
 
-    # the domain-shift explorer's slider redraws its figure
+    def press() -> None:
+        browser.find_element(By.XPATH, "//button[contains(., 'fine-tune on')]").click()
+
+    # change a control (BN affine only), fine-tune: a new accuracy; again unchanged: cached
+    browser.find_element(By.XPATH, "//button[contains(., 'BN affine only')]").click()
+    press()
+    WebDriverWait(browser, 90).until(lambda d: "%" in status() and "cached" not in status())
+    first = status()
+    press()
+    WebDriverWait(browser, 30).until(lambda d: "cached" in status())
+    assert status() != first
+    browser.save_screenshot(str(tmp_path / "02_search.png"))
+    assert not _console_errors(browser), json.dumps(_console_errors(browser), indent=1)[:2000]
+
+    # 04: the domain-shift explorer; its slider moves to the next target and redraws
+    run_all(browser, url, f"smoke-run/{LAB_DIR}/04_domain_shift.ipynb")
+    assert widget_problems(browser, expected=1) == []
+
     def images() -> list[str]:
         found = browser.find_elements(By.CSS_SELECTOR, ".widget-output img")
         return [i.get_attribute("src") for i in found]
 
-    first = images()
+    shown = images()
     handle = browser.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")[-1]
     handle.click()
     handle.send_keys("\ue014")  # arrow right: the next target
-    WebDriverWait(browser, 60).until(lambda d: images() != first)
-    browser.save_screenshot(str(tmp_path / "lab.png"))
-    assert (tmp_path / "lab.png").stat().st_size > 10_000
-    severe = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
-    assert not severe, json.dumps(severe, indent=1)[:2000]
+    WebDriverWait(browser, 60).until(lambda d: images() != shown)
+    browser.save_screenshot(str(tmp_path / "04_domain_shift.png"))
+    assert (tmp_path / "04_domain_shift.png").stat().st_size > 10_000
+    assert not _console_errors(browser), json.dumps(_console_errors(browser), indent=1)[:2000]
+
+    # the run's results were reloaded, not written again
+    after = _files(explored_run)
+    changed = sorted(str(p.relative_to(explored_run)) for p in after if after[p] != before.get(p))
+    assert not changed and after.keys() == before.keys(), changed
 
 
 def test_the_check_fails_on_widgets_shown_as_text(lab, browser) -> None:
     url, root = lab
     _notebook(root / "as_text.ipynb", AS_TEXT)
     run_all(browser, url, "as_text.ipynb")
-    problems = widget_problems(browser)
+    problems = widget_problems(browser, expected=3)
     assert "a widget shown as its text repr" in problems and any("rendered" in p for p in problems)

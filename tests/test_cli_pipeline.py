@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import DATA_ROOT, requires_data_root
+from conftest import DATA_ROOT, copy_run, requires_data_root
 
 from ptx_utils.evaluation import ROW_COLUMNS, SUMMARY_COLUMNS
 from ptx_utils.finetuning import Scheme
@@ -156,9 +156,8 @@ def _check_figures(run_dir: Path, stems: tuple[str, ...]) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> None:
-    run_dir = tmp_path / "runs" / "smoke"
-    assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 0
+def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_path: Path) -> None:
+    run_dir = smoke_run  # ptx run --preset smoke --run-dir <session temp>/smoke-run
     params = json.loads((run_dir / "params.json").read_text())
     assert params["params"]["preset"] == "smoke" and params["params"]["dataset"] == "synthetic"
     assert params["provenance"]["versions"]["papermill"]
@@ -225,7 +224,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
 
     # 05: tables for every run under the runs root (this one)
     runs = _csv(run_dir / "analysis" / "runs.csv")
-    assert [r["run"] for r in runs] == ["smoke"] and runs[0]["missing"] == ""
+    assert [r["run"] for r in runs] == ["smoke-run"] and runs[0]["missing"] == ""
     assert len(_csv(run_dir / "analysis" / "transfer_table.csv")) == 2 * len(STRATEGIES)
     assert "\\toprule" in (run_dir / "analysis" / "transfer_table.tex").read_text()
 
@@ -234,10 +233,13 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(tmp_path: Path) -> No
     assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 1
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
-    # As if the job had been killed in notebook 03 during the 5-shot full fine-tune: resuming
-    # re-runs 03 -> 05, evaluates only that strategy again and gives the same results. The
-    # notebooks run again on results they already wrote: identical settings, so 03 and 04 load
-    # and keep every results file as it is (nothing rewritten), and end with their explorers.
+    # As if the job had been killed in notebook 03 during the 5-shot full fine-tune (on a copy
+    # of the run, moved as a user may move it): resuming re-runs 03 -> 05, evaluates only that
+    # strategy again and gives the same results. The notebooks run again on results they
+    # already wrote: identical settings, so 03 and 04 load and keep every results file as it is
+    # (nothing rewritten), and end with their explorers.
+    run_dir = copy_run(run_dir, tmp_path / "moved")
+    results = run_dir / "results"
     written = {p: (p.read_text(), p.stat().st_mtime_ns) for p in results.iterdir()}
     timings_file = run_dir / "timings.json"
     timings = json.loads(timings_file.read_text())

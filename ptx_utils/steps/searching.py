@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ptx_utils.core.io import atomic_write_text
+from ptx_utils.core.io import write_or_match
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset
 from ptx_utils.data.episodes import EpisodeSetting
@@ -107,10 +107,15 @@ def search_summary(results: Mapping[tuple[int, int, str], SearchResult]) -> pd.D
 def write_search_summary(
     run_dir: str | Path, results: Mapping[tuple[int, int, str], SearchResult]
 ) -> pd.DataFrame:
-    """:func:`search_summary` written to ``run_dir/results/search_summary.csv`` (atomically; it
-    is derived from the searches' own state, so writing it again gives the same file)."""
+    """:func:`search_summary` written to ``run_dir/results/search_summary.csv`` (atomically), or
+    found already written the same (it is derived from the searches' own state, so a re-run
+    with identical settings keeps the file); one written from other searches is refused."""
     table = search_summary(results)
-    atomic_write_text(Path(run_dir) / "results" / "search_summary.csv", table.to_csv(index=False))
+    write_or_match(
+        {Path(run_dir) / "results" / "search_summary.csv": table.to_csv(index=False)},
+        "search summary",
+        "use a new run directory for other searches",
+    )
     return table
 
 
