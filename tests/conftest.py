@@ -40,20 +40,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     busy ones) the slow tests are dealt round-robin to the heads of the N parts, so every worker
     starts on its share of them; the other tests keep their order and fill the parts. The first
     part starts with the test that makes the shared smoke run (:func:`smoke_run`) and then the
-    ones that only read it (``smoke_reader``): one worker runs them in turn, none waits."""
+    ones that only read it (``smoke_reader``): one worker runs them in turn, none waits, and
+    the other slow tests go to the other workers; a reader marked ``smoke_reader(alongside=True)``
+    goes to the last worker, after its slow share, to run beside the rest of the chain."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    readers = [item for item in items if item.get_closest_marker("smoke_reader")]
+    marks = {item: item.get_closest_marker("smoke_reader") for item in items}
+    readers = [item for item, m in marks.items() if m and not m.kwargs.get("alongside")]
+    alongside = [item for item, m in marks.items() if m and m.kwargs.get("alongside")]
     makers = [
         item
         for item in items
-        if "smoke_run" in getattr(item, "fixturenames", ()) and item not in readers
+        if "smoke_run" in getattr(item, "fixturenames", ()) and not marks[item]
     ]
     first = makers + readers
-    rest = [item for item in items if item not in first]
+    rest = [item for item in items if item not in first and item not in alongside]
     slow = [item for item in rest if item.get_closest_marker("slow")]
     fast = [item for item in rest if not item.get_closest_marker("slow")]
-    parts: list[list[pytest.Item]] = [slow[i::workers] for i in range(workers)]
+    # the smoke chain is the longest block: the other slow tests go to the other workers first
+    dealt = [p for p in range(workers) if not (first and workers > 1 and p == 0)]
+    parts: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for n, item in enumerate(slow):
+        parts[dealt[n % len(dealt)]].append(item)
     parts[0][:0] = first
+    parts[-1].extend(alongside)  # after that worker's slow share: the smoke run is made by then
     left = len(items)
     for i, part in enumerate(parts):
         size = left // (workers - i)  # what worksteal sends worker i first

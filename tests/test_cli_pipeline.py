@@ -233,12 +233,18 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
     assert main(["run", "--preset", "smoke", "--run-dir", str(run_dir)]) == 1
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
-    # As if the job had been killed in notebook 03 during the 5-shot full fine-tune (on a copy
-    # of the run, moved as a user may move it): resuming re-runs 03 -> 05, evaluates only that
-    # strategy again and gives the same results. The notebooks run again on results they
-    # already wrote: identical settings, so 03 and 04 load and keep every results file as it is
-    # (nothing rewritten), and end with their explorers.
-    run_dir = copy_run(run_dir, tmp_path / "moved")
+
+@pytest.mark.slow
+@pytest.mark.smoke_reader(alongside=True)
+def test_a_killed_smoke_run_resumes_and_keeps_what_it_wrote(
+    smoke_run: Path, tmp_path: Path
+) -> None:
+    """As if the job had been killed in notebook 03 during the 5-shot full fine-tune (on a copy
+    of the run, moved as a user may move it): resuming re-runs 03 -> 05, evaluates only that
+    strategy again and gives the same results. The notebooks run again on results they
+    already wrote: identical settings, so 03 and 04 load and keep every results file as it is
+    (nothing rewritten), and end with their explorers."""
+    run_dir = copy_run(smoke_run, tmp_path / "moved")
     results = run_dir / "results"
     written = {p: (p.read_text(), p.stat().st_mtime_ns) for p in results.iterdir()}
     timings_file = run_dir / "timings.json"

@@ -116,7 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         **_COMMON,
         "k_shots": [1],
-        "n_val_episodes": 6,
+        "n_val_episodes": 4,
         "n_test_episodes": 30,
         "explore_episodes": 2,
         "search_methods": ["evolution"],
