@@ -41,19 +41,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     starts on its share of them; the other tests keep their order and fill the parts. The first
     part starts with the test that makes the shared smoke run (:func:`smoke_run`) and then the
     ones that only read it (``smoke_reader``): one worker runs them in turn, none waits, and
-    the other slow tests go to the other workers; a reader marked ``smoke_reader(alongside=True)``
-    goes to the last worker, after its slow share, to run beside the rest of the chain."""
+    the other slow tests go to the other workers."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    marks = {item: item.get_closest_marker("smoke_reader") for item in items}
-    readers = [item for item, m in marks.items() if m and not m.kwargs.get("alongside")]
-    alongside = [item for item, m in marks.items() if m and m.kwargs.get("alongside")]
+    readers = [item for item in items if item.get_closest_marker("smoke_reader")]
     makers = [
         item
         for item in items
-        if "smoke_run" in getattr(item, "fixturenames", ()) and not marks[item]
+        if "smoke_run" in getattr(item, "fixturenames", ()) and item not in readers
     ]
     first = makers + readers
-    rest = [item for item in items if item not in first and item not in alongside]
+    rest = [item for item in items if item not in first]
     slow = [item for item in rest if item.get_closest_marker("slow")]
     fast = [item for item in rest if not item.get_closest_marker("slow")]
     # the smoke chain is the longest block: the other slow tests go to the other workers first
@@ -62,7 +59,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for n, item in enumerate(slow):
         parts[dealt[n % len(dealt)]].append(item)
     parts[0][:0] = first
-    parts[-1].extend(alongside)  # after that worker's slow share: the smoke run is made by then
     left = len(items)
     for i, part in enumerate(parts):
         size = left // (workers - i)  # what worksteal sends worker i first
@@ -80,10 +76,10 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and shared by the xdist workers (a file lock; the first to ask runs it). Read it only: a
     test that changes a run works on a copy (:func:`copy_run`). ``$PTX_TEST_SMOKE_RUN`` names
     a finished smoke run to use instead (quicker when working on the tests that read it)."""
-    from filelock import FileLock
-
     if given := os.environ.get("PTX_TEST_SMOKE_RUN"):
         return Path(given)
+
+    from filelock import FileLock
 
     from ptx_utils.running.cli import main
 

@@ -235,7 +235,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.smoke_reader(alongside=True)
+@pytest.mark.smoke_reader
 def test_a_killed_smoke_run_resumes_and_keeps_what_it_wrote(
     smoke_run: Path, tmp_path: Path
 ) -> None:
