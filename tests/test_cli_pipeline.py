@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -14,7 +15,13 @@ from ptx_utils.evaluation import ROW_COLUMNS, SUMMARY_COLUMNS
 from ptx_utils.finetuning import Scheme
 from ptx_utils.models.checkpoint import load_backbone
 from ptx_utils.running.cli import main, parse_assignment
-from ptx_utils.running.pipeline import NOTEBOOKS, PipelineError, resume_pipeline, run_pipeline
+from ptx_utils.running.pipeline import (
+    NOTEBOOK_DIR,
+    NOTEBOOKS,
+    PipelineError,
+    resume_pipeline,
+    run_pipeline,
+)
 from ptx_utils.steps import domain_shift, searching, transfer
 
 
@@ -167,7 +174,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
         assert (run_dir / "pretrain" / name).is_file(), name
     rows = _csv(run_dir / "pretrain" / "nearest_centroid_test.csv")
     assert [int(r["k_shot"]) for r in rows] == [1, 5]
-    assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 10 for r in rows)
+    assert all(0.2 < float(r["mean"]) <= 1 and int(r["n"]) == 6 for r in rows)
     summary = json.loads((run_dir / "data" / "summary.json").read_text())
     assert summary["datasets"]["base"]["classes"] == 64
     results = run_dir / "results"
@@ -181,7 +188,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
         ("5", "evolution"),
         ("5", "random"),
     ]
-    assert all(int(r["n_evaluated"]) == 12 and 0 <= float(r["best_fitness"]) <= 1 for r in searches)
+    assert all(int(r["n_evaluated"]) == 6 and 0 <= float(r["best_fitness"]) <= 1 for r in searches)
     for r in searches:
         best = json.loads(
             (
@@ -190,25 +197,25 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
         )
         assert best["scheme_text"] == r["best_scheme"]
 
-    # 03: every strategy on the 10 test episodes of each shot, the searched scheme from 02
+    # 03: every strategy on the 6 test episodes of each shot, the searched scheme from 02
     transfer = _csv(results / "transfer_summary.csv")
     assert list(transfer[0]) == list(SUMMARY_COLUMNS)
     assert [r["strategy"] for r in transfer] == STRATEGIES * 2
-    assert all(int(r["n_episodes"]) == 10 and 0 <= float(r["mean"]) <= 1 for r in transfer)
+    assert all(int(r["n_episodes"]) == 6 and 0 <= float(r["mean"]) <= 1 for r in transfer)
     assert all(0 <= float(r["ci95"]) < 0.5 for r in transfer if int(r["n"]) > 1)
     searched = {r["k_shot"]: r["scheme"] for r in transfer if r["strategy"] == "searched"}
     evolution = {r["k_shot"]: r["best_scheme"] for r in searches if r["method"] == "evolution"}
     assert searched == evolution
     episodes = _csv(results / "transfer_episodes.csv")
-    assert len(episodes) == 2 * len(STRATEGIES) * 10 and list(episodes[0]) == list(ROW_COLUMNS)
+    assert len(episodes) == 2 * len(STRATEGIES) * 6 and list(episodes[0]) == list(ROW_COLUMNS)
     versus = _csv(results / "transfer_vs_searched.csv")
     assert [r["reference"] for r in versus] == STRATEGIES[1:] * 2
     assert all(r["strategy"] == "searched" and -1 <= float(r["mean_diff"]) <= 1 for r in versus)
 
-    # 03: accuracy against the number of updates, the smoke budget's first 4 episodes
+    # 03: accuracy against the number of updates, the smoke budget's first 2 episodes
     steps = _csv(results / "transfer_steps_summary.csv")
     assert [(r["k_shot"], r["passes"]) for r in steps[:3]] == [("1", "0"), ("1", "2"), ("1", "5")]
-    assert len(steps) == 2 * len(STRATEGIES) * 3 and all(int(r["n"]) == 4 for r in steps)
+    assert len(steps) == 2 * len(STRATEGIES) * 3 and all(int(r["n"]) == 2 for r in steps)
     at5 = {
         r["strategy"]: float(r["mean"]) for r in steps if r["passes"] == "5" and r["k_shot"] == "1"
     }
@@ -218,7 +225,7 @@ def test_smoke_run_executes_all_notebooks_into_the_run_dir(smoke_run: Path, tmp_
     shift = _csv(results / "domain_shift_summary.csv")
     assert list(shift[0]) == list(domain_shift.SHIFT_SUMMARY_COLUMNS)
     assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["shift 0", "shift 0.5", "shift 1"]
-    assert all(int(r["n_episodes"]) == 6 and 0 <= float(r["mean"]) <= 1 for r in shift)
+    assert all(int(r["n_episodes"]) == 4 and 0 <= float(r["mean"]) <= 1 for r in shift)
     schemes = _csv(results / "domain_shift_schemes.csv")
     assert len(schemes) == 3 * 4 and {r["lr"] for r in schemes} <= {"0.0", "0.01", "0.1", "1.0"}
 
@@ -276,35 +283,24 @@ def test_a_killed_smoke_run_resumes_and_keeps_what_it_wrote(
 @requires_data_root
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_smoke_run_on_real_omniglot(tmp_path: Path) -> None:
-    """01 -> 05 on Omniglot (Lake's background alphabets as base classes, Vinyals' test
-    characters as novel), starting from the zoo's Omniglot backbone instead of pre-training, with
-    the synthetic test classes as a cross-domain target converted to the backbone's input; one
-    search method, so notebooks 02 and 05 also run with a single method."""
+def test_notebook_01_on_real_omniglot_starts_from_the_zoo(tmp_path: Path) -> None:
+    """Notebook 01 on Omniglot (Lake's background alphabets as base classes, Vinyals' test
+    characters as novel) from the zoo's Omniglot backbone instead of pre-training. The five
+    notebooks on real Omniglot are a benchmark (benchmarks/real_data_pipeline.py): too slow for
+    the suite's 5 minutes."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(NOTEBOOK_DIR / "01_pretrain.ipynb", notebooks)
+    overrides = {
+        "dataset": "omniglot",
+        "pretrained": "conv4-baselinepp-omniglot",
+        "base_split": "background",
+        "val_split": "evaluation-val",
+        "k_shots": [1],
+    }
     run_dir = tmp_path / "omniglot"
-    argv = [
-        "run",
-        "--preset",
-        "smoke",
-        "--dataset",
-        "omniglot",
-        "--run-dir",
-        str(run_dir),
-        "-p",
-        "pretrained=conv4-baselinepp-omniglot",
-        "-p",
-        "base_split=background",
-        "-p",
-        "val_split=evaluation-val",
-        "-p",
-        'cross_domain=["synthetic"]',
-        "-p",
-        "k_shots=[1]",
-        "-p",
-        'search_methods=["evolution"]',  # the random control runs in the synthetic smoke
-    ]
-    assert main(argv) == 0
-    _check_executed(run_dir)
+    run_pipeline("smoke", overrides, run_dir=run_dir, notebook_dir=notebooks)
+    _check_executed(run_dir, ("01_pretrain",))
     params = json.loads((run_dir / "params.json").read_text())["params"]
     assert Path(params["data_root"]).is_absolute()
     # notebook 01 took the zoo entry: its checkpoint and its 30 epochs of curves
@@ -312,14 +308,9 @@ def test_smoke_run_on_real_omniglot(tmp_path: Path) -> None:
     assert meta["zoo"] == "conv4-baselinepp-omniglot"
     assert len(_csv(run_dir / "pretrain" / "curves.csv")) == 30
     assert (run_dir / "figures" / "01_pretrain_curves.png").is_file()
-    transfer = _csv(run_dir / "results" / "transfer_summary.csv")
-    assert [r["strategy"] for r in transfer] == STRATEGIES
-    assert all(0 <= float(r["mean"]) <= 1 and int(r["n_diverged"]) == 0 for r in transfer)
     # the trained backbone's frozen features: 5-way 1-shot nearest centroid far above chance
     centroid = _csv(run_dir / "pretrain" / "nearest_centroid_test.csv")
     assert float(centroid[0]["mean"]) >= 0.8  # 5-way chance is 0.2; 600 episodes: 0.92
-    shift = _csv(run_dir / "results" / "domain_shift_summary.csv")
-    assert [r["target"] for r in shift[:: len(STRATEGIES)]] == ["omniglot/test", "synthetic/test"]
     data = json.loads((run_dir / "data" / "summary.json").read_text())["datasets"]
     assert data["base"]["classes"] == 964 and data["novel"]["classes"] == 423
 

@@ -58,7 +58,7 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
 # (its budget, and what it no longer shows for it: docs/results.md#measured-the-demo-run).
 # smoke and demo race (docs/search.md#racing); paper scores every candidate in full, as the paper.
 _SEARCH: dict[str, dict[str, Any]] = {
-    "smoke": {"population": 4, "generations": 3, "top_k": 2, "racing": True},
+    "smoke": {"population": 3, "generations": 2, "top_k": 2, "racing": True},
     "demo": {"population": 6, "generations": 3, "top_k": 3, "racing": True},
     "paper": {"population": 20, "generations": 20, "top_k": 10},
 }
@@ -79,7 +79,7 @@ _SHIFT: dict[str, dict[str, Any]] = {
     "smoke": {
         "k_shot": 1,
         "n_val_episodes": 2,
-        "n_test_episodes": 6,
+        "n_test_episodes": 4,
         "search": {"population": 3, "generations": 2, "top_k": 2},
     },
     "demo": {
@@ -99,7 +99,7 @@ _SHIFT: dict[str, dict[str, Any]] = {
 # Notebook 03's accuracy against the number of updates: one run per strategy on the first
 # n_episodes test episodes, scored after each of ``passes`` (the survey's 5 ... 200).
 _STEPS: dict[str, dict[str, Any]] = {
-    "smoke": {"passes": [0, 2, 5], "n_episodes": 4},
+    "smoke": {"passes": [0, 2, 5], "n_episodes": 2},
     "demo": {"passes": [0, 5, 10, 25, 40], "n_episodes": 5},
     "paper": {"passes": [0, 5, 10, 25, 50, 100, 200], "n_episodes": 100},
 }
@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "strategy_set": "representative",
         "n_query": 5,
         "n_val_episodes": 2,
-        "n_test_episodes": 10,
+        "n_test_episodes": 6,
         "explore_episodes": 2,
     },
     "demo": {
