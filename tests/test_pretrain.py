@@ -107,8 +107,8 @@ def test_checkpoint_refuses_other_backbone_or_size(
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValueError, match=r"unknown pre-training parameter.*epoch_count"):
         PretrainConfig.from_dict({"epoch_count": 3})
-    with pytest.raises(ValueError, match="unknown method 'maml'"):
-        PretrainConfig(method="maml")
+    with pytest.raises(ValueError, match="unknown method 'reptile'"):
+        PretrainConfig(method="reptile")
 
 
 def test_smoke_preset_learns_beyond_chance_and_beyond_its_initialisation(tmp_path: Path) -> None:

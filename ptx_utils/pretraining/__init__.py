@@ -1,7 +1,8 @@
-"""Pre-training: Baseline / Baseline++ / ProtoNet on base classes, resumable, curves as CSV.
+"""Pre-training: Baseline / Baseline++ / ProtoNet / MAML on base classes, resumable, curves as CSV.
 
 - :mod:`~ptx_utils.pretraining.config` — :class:`PretrainConfig`, :class:`PretrainResult`.
 - :mod:`~ptx_utils.pretraining.loop` — :func:`pretrain`.
+- :mod:`~ptx_utils.pretraining.maml` — MAML's inner loop over many tasks at once, the meta-gradient.
 - :mod:`~ptx_utils.pretraining.zoo` — :func:`from_zoo`: start from a zoo entry instead.
 """
 

@@ -9,11 +9,19 @@ from typing import Any
 from ptx_utils.core.checks import refuse_unknown
 from ptx_utils.core.device import PRECISIONS
 
-METHODS = ("baseline", "baseline++", "protonet")
+METHODS = ("baseline", "baseline++", "protonet", "maml")
+VECTORIZE = ("auto", "vmap", "loop")
 #: Settings of older checkpoints that ``precision`` replaced (ignored when read back).
 RETIRED = ("amp", "channels_last")
 #: Settings added since the first checkpoints, with the value those checkpoints ran with.
-ADDED_DEFAULTS: dict[str, Any] = {"feature_norm": False}
+ADDED_DEFAULTS: dict[str, Any] = {
+    "feature_norm": False,
+    "inner_steps": 5,
+    "inner_lr": 0.01,
+    "second_order": False,
+    "meta_batch": 4,
+    "vectorize": "auto",
+}
 
 
 @dataclass
@@ -21,12 +29,17 @@ class PretrainConfig:
     """Everything that defines a pre-training run (saved in the checkpoint).
 
     Attributes:
-        method: ``baseline``, ``baseline++`` or ``protonet``.
+        method: ``baseline``, ``baseline++``, ``protonet`` or ``maml``.
         backbone / granularity: passed to :func:`~ptx_utils.models.create_backbone`.
         epochs: number of epochs; ``epoch_images`` caps the images per epoch (None: the split).
         batch_size, lr, weight_decay: Adam on backbone and head.
         crop, flip, jitter: training augmentation (:class:`~ptx_utils.data.augment.Augmentation`).
-        train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's training episodes.
+        train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's and MAML's
+            training episodes.
+        inner_steps, inner_lr, second_order, meta_batch: MAML's inner loop (full-batch SGD on
+            the support set) and the tasks per outer Adam step (CloserLook: 5 steps at 0.01,
+            4 tasks, first-order); ``vectorize``: the tasks under ``vmap`` or in a loop
+            (``auto``: ``vmap`` on CUDA, the loop on a CPU, where it is faster).
         val_way, val_shot, val_query, val_episodes, val_metric: the fixed validation episodes and
             the nearest-centroid metric that scores each epoch.
         seed: the one seed of the run (initialisation, batch order, augmentation, episodes).
@@ -62,6 +75,11 @@ class PretrainConfig:
     device: str = "auto"
     precision: str = "auto"
     feature_norm: bool = False
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    second_order: bool = False
+    meta_batch: int = 4
+    vectorize: str = "auto"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +90,26 @@ class PretrainConfig:
             )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.vectorize not in VECTORIZE:
+            raise ValueError(f"vectorize must be one of {VECTORIZE}, got {self.vectorize!r}")
+        if self.method == "maml":
+            self._check_maml()
+
+    def _check_maml(self) -> None:
+        if self.precision == "bf16":
+            raise ValueError("MAML meta-trains in fp32: give precision 'fp32' or 'auto'")
+        if self.feature_norm:
+            raise ValueError("feature_norm is a pre-training option of baseline/baseline++")
+        if self.val_way != self.train_way:
+            raise ValueError(
+                f"MAML's head has train_way={self.train_way} outputs: give val_way the same, "
+                f"got {self.val_way}"
+            )
+        if self.inner_steps < 1 or self.meta_batch < 1 or not self.inner_lr > 0:
+            raise ValueError(
+                "MAML needs inner_steps >= 1, meta_batch >= 1 and inner_lr > 0, got "
+                f"{self.inner_steps}, {self.meta_batch}, {self.inner_lr}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:

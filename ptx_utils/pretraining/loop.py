@@ -1,9 +1,11 @@
-"""Pre-training on base classes: Baseline, Baseline++ (Chen et al. 2019), ProtoNet (Snell et al.).
+"""Pre-training on base classes: Baseline, Baseline++, ProtoNet and MAML, in one resumable loop.
 
-One loop serves the three methods; they differ only in how a step makes its loss. Each epoch is
-scored by nearest-centroid accuracy on fixed validation episodes; ``best.pt`` and ``last.pt`` are
-written atomically, ``curves.csv`` after every epoch; an interrupted run resumes from ``last.pt``
-to exactly the weights of an uninterrupted one. Details: ``docs/pretraining.md``.
+Baseline and Baseline++ as Chen et al. 2019, ProtoNet as Snell et al. 2017, MAML as Finn et al.
+2017 (:mod:`.maml`); they differ only in how a step makes its loss. Each epoch is
+scored on fixed validation episodes (nearest centroid; MAML: its adapted query accuracy);
+``best.pt`` and ``last.pt`` are written atomically, ``curves.csv`` after every epoch; an
+interrupted run resumes from ``last.pt`` to exactly the weights of an uninterrupted one.
+Details: ``docs/pretraining.md``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
 from ptx_utils.pretraining.config import ADDED_DEFAULTS, RETIRED, PretrainConfig, PretrainResult
+from ptx_utils.pretraining.maml import (
+    MamlNet,
+    adapted_accuracy,
+    estimate_running_stats,
+    maml_params,
+    meta_gradients,
+    meta_gradients_loop,
+)
+
+#: Base images a MAML checkpoint's batch-norm running statistics are estimated on.
+MAML_STATS_IMAGES = 512
 
 
 class _Trainer:
@@ -47,8 +60,12 @@ class _Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.cuda = self.device.type == "cuda"
-        self.precision = resolve_precision(cfg.precision, self.device)
-        kind = {"baseline": "linear", "baseline++": "cosine", "protonet": None}[cfg.method]
+        maml = cfg.method == "maml"
+        self.precision = "fp32" if maml else resolve_precision(cfg.precision, self.device)
+        kind = {"baseline": "linear", "baseline++": "cosine", "protonet": None, "maml": "linear"}[
+            cfg.method
+        ]
+        n_out = cfg.train_way if maml else train.num_classes
         with torch.random.fork_rng(devices=[]):  # seeded initial weights; global state untouched
             torch.manual_seed(cfg.seed)
             self.backbone: Backbone = create_backbone(
@@ -57,9 +74,7 @@ class _Trainer:
                 image_size=train.image_size,
                 **({"granularity": cfg.granularity} if cfg.backbone.startswith("resnet") else {}),
             )
-            self.head = (
-                create_head(kind, self.backbone.out_dim, train.num_classes) if kind else None
-            )
+            self.head = create_head(kind, self.backbone.out_dim, n_out) if kind else None
         self.backbone.to(self.device, memory_format=memory_format(self.precision))
         if self.head is not None:
             self.head.to(self.device)
@@ -77,6 +92,11 @@ class _Trainer:
                 self.images = train.images.to(self.device)
         self.labels = train.labels.to(self.images.device)
         self.train = train
+        if maml:  # CloserLook's MAML head: a linear layer with zero bias
+            with torch.no_grad():
+                self.head.bias.zero_()
+            self.maml_net = MamlNet(self.backbone, self.head)
+            self.vmap = cfg.vectorize == "vmap" or (cfg.vectorize == "auto" and self.cuda)
 
     def _input(self, idx: torch.Tensor) -> torch.Tensor:
         images = self.images[idx.to(self.images.device)].to(self.device, non_blocking=True)
@@ -132,6 +152,66 @@ class _Trainer:
             correct += int((logits.argmax(1) == truth).sum())
         return total_loss / len(episodes), correct / (len(episodes) * len(truth))
 
+    def maml_epoch(self, epoch: int) -> tuple[float, float]:
+        """``episodes_per_epoch`` MAML tasks, ``meta_batch`` per outer Adam step; return (mean
+        query loss, query accuracy) after the inner loop."""
+        c = self.cfg
+        episodes = sample_episodes(
+            self.train, c.train_way, c.train_shot, c.train_query, c.episodes_per_epoch,
+            seed=c.seed * 100_003 + epoch,
+        )  # fmt: skip
+        params = maml_params(self.backbone, self.head)
+        meta = meta_gradients if self.vmap else meta_gradients_loop
+        labels = torch.arange(c.train_way, device=self.device)
+        total_loss, total_acc = 0.0, 0.0
+        for start in tqdm(range(0, len(episodes), c.meta_batch), desc="tasks", leave=False):
+            support = torch.from_numpy(episodes.support[start : start + c.meta_batch])
+            query = torch.from_numpy(episodes.query[start : start + c.meta_batch])
+            t = len(support)
+            xs = self._input(support.reshape(-1)).unflatten(0, (t, -1))
+            xq = self._input(query.reshape(-1)).unflatten(0, (t, -1))
+            ys = labels.repeat_interleave(c.train_shot).expand(t, -1)
+            yq = labels.repeat_interleave(c.train_query).expand(t, -1)
+            grads, losses, accs = meta(
+                self.maml_net, params, xs, ys, xq, yq, c.inner_steps, c.inner_lr, c.second_order
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            for name, p in params.items():
+                p.grad = grads[name]
+            self.optimizer.step()
+            total_loss += float(losses.sum())
+            total_acc += float(accs.sum())
+        return total_loss / len(episodes), total_acc / len(episodes)
+
+    def maml_validation(self, val: FewShotDataset, episodes: Any, chunk: int = 20) -> np.ndarray:
+        """Per-episode query accuracy after ``inner_steps`` on each support set: float64 (E,)."""
+        c = self.cfg
+        params = maml_params(self.backbone, self.head)
+        labels = torch.arange(c.val_way, device=self.device)
+        out = []
+        for start in range(0, len(episodes), chunk):
+            batch = episodes[start : start + chunk].tensors(val)
+            xs, xq = (
+                normalize(im.flatten(0, 1).to(self.device)).unflatten(0, im.shape[:2])
+                for im in (batch.support_images, batch.query_images)
+            )
+            t = len(xs)
+            ys = labels.repeat_interleave(c.val_shot).expand(t, -1)
+            yq = labels.repeat_interleave(c.val_query).expand(t, -1)
+            acc = adapted_accuracy(
+                self.maml_net, params, xs, ys, xq, yq, [c.inner_steps], c.inner_lr, self.vmap
+            )
+            out.append(acc[:, 0].double().cpu().numpy())
+        return np.concatenate(out)
+
+    def maml_running_stats(self) -> None:
+        """Running statistics for the checkpoint, from a fixed sample of base images."""
+        n = len(self.train)
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))
+        idx = pick[:MAML_STATS_IMAGES].to(self.images.device)
+        with torch.no_grad():
+            estimate_running_stats(self.backbone, normalize(self.images[idx].to(self.device)))
+
     def state(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone.state_dict(),
@@ -169,7 +249,7 @@ def _meta(
         "provenance": provenance(
             seed=cfg.seed,
             device=str(trainer.device),
-            **precision_record(cfg.precision, trainer.device),
+            **precision_record("fp32" if cfg.method == "maml" else cfg.precision, trainer.device),
         ),
     }
 
@@ -253,14 +333,19 @@ def pretrain(
     for epoch in progress:
         tic = time.perf_counter()
         trainer.backbone.train()
-        if cfg.method == "protonet":
-            loss, train_acc = trainer.protonet_epoch(epoch)
+        if cfg.method == "maml":
+            loss, train_acc = trainer.maml_epoch(epoch)
+            acc = trainer.maml_validation(val, val_episodes)
+            trainer.maml_running_stats()
         else:
-            loss, train_acc = trainer.classification_epoch()
-        acc = nearest_centroid_accuracy(
-            trainer.backbone, val, val_episodes, trainer.device, cfg.val_metric,
-            precision=trainer.precision,
-        )  # fmt: skip
+            if cfg.method == "protonet":
+                loss, train_acc = trainer.protonet_epoch(epoch)
+            else:
+                loss, train_acc = trainer.classification_epoch()
+            acc = nearest_centroid_accuracy(
+                trainer.backbone, val, val_episodes, trainer.device, cfg.val_metric,
+                precision=trainer.precision,
+            )  # fmt: skip
         val_acc, val_ci = mean_ci95(acc)
         row = {
             "epoch": epoch + 1,
