@@ -15,7 +15,9 @@ from ptx_utils.models import create_backbone, create_head
 from ptx_utils.models.checkpoint import load_backbone, load_checkpoint
 from ptx_utils.pretraining import PretrainConfig, pretrain
 from ptx_utils.pretraining.maml import (
+    InnerLoop,
     MamlNet,
+    Tasks,
     adapt,
     adapted_accuracy,
     maml_params,
@@ -37,7 +39,7 @@ def net_and_tasks() -> tuple[MamlNet, dict[str, torch.Tensor], tuple[torch.Tenso
     xs, xq = torch.randn(t, 5 * shot, 1, 16, 16), torch.randn(t, 5 * query, 1, 16, 16)
     ys = torch.arange(5).repeat_interleave(shot).expand(t, -1)
     yq = torch.arange(5).repeat_interleave(query).expand(t, -1)
-    return MamlNet(backbone, head), maml_params(backbone, head), (xs, ys, xq, yq)
+    return MamlNet(backbone, head), maml_params(backbone, head), Tasks(xs, ys, xq, yq)
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -48,8 +50,9 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 @pytest.mark.parametrize("second_order", [False, True])
 def test_batched_meta_gradient_equals_the_per_task_loop(net_and_tasks, second_order) -> None:
     net, params, tasks = net_and_tasks
-    batched = meta_gradients(net, params, *tasks, steps=2, lr=0.1, second_order=second_order)
-    looped = meta_gradients_loop(net, params, *tasks, steps=2, lr=0.1, second_order=second_order)
+    inner = InnerLoop(steps=2, lr=0.1, second_order=second_order)
+    batched = meta_gradients(net, params, tasks, inner)
+    looped = meta_gradients_loop(net, params, tasks, inner)
     assert _max_diff(batched[0], looped[0]) < 1e-4
     torch.testing.assert_close(batched[1], looped[1], atol=1e-5, rtol=1e-5)  # query losses
     assert torch.equal(batched[2], looped[2])  # query accuracies
@@ -59,8 +62,8 @@ def test_first_order_is_the_query_gradient_at_the_adapted_weights(net_and_tasks)
     """FOMAML's meta-gradient of one task is the query loss's gradient at the adapted weights;
     the second-order one differs from it (the inner gradients are differentiated)."""
     net, params, (xs, ys, xq, yq) = net_and_tasks
-    one = (xs[:1], ys[:1], xq[:1], yq[:1])
-    first, _, _ = meta_gradients(net, params, *one, steps=2, lr=0.1)
+    one = Tasks(xs[:1], ys[:1], xq[:1], yq[:1])
+    first, _, _ = meta_gradients(net, params, one, InnerLoop(2, 0.1))
     fast = {
         k: v.detach().requires_grad_(True)
         for k, v in adapt(net, params, xs[0], ys[0], 2, 0.1).items()
@@ -68,23 +71,24 @@ def test_first_order_is_the_query_gradient_at_the_adapted_weights(net_and_tasks)
     loss = F.cross_entropy(functional_call(net, fast, (xq[0],)), yq[0])
     direct = dict(zip(fast, torch.autograd.grad(loss, list(fast.values())), strict=True))
     assert _max_diff(first, direct) < 1e-5
-    second, _, _ = meta_gradients(net, params, *one, steps=2, lr=0.1, second_order=True)
+    second, _, _ = meta_gradients(net, params, one, InnerLoop(2, 0.1, second_order=True))
     assert _max_diff(first, second) > 1e-3
 
 
 def test_accuracy_at_several_step_counts_from_one_run(net_and_tasks) -> None:
     net, params, (xs, ys, xq, yq) = net_and_tasks
     at = [3, 0, 1]
-    acc = adapted_accuracy(net, params, xs, ys, xq, yq, at, lr=0.5)
+    tasks = Tasks(xs, ys, xq, yq)
+    acc = adapted_accuracy(net, params, tasks, at, lr=0.5)
     assert acc.shape == (3, 3)
-    assert torch.equal(acc, adapted_accuracy(net, params, xs, ys, xq, yq, at, 0.5, vectorize=False))
+    assert torch.equal(acc, adapted_accuracy(net, params, tasks, at, 0.5, vectorize=False))
     for j, steps in enumerate(at):  # each column equals a run of exactly that many steps
         for t in range(3):
             fast = adapt(net, params, xs[t], ys[t], steps, 0.5)
             pred = functional_call(net, fast, (xq[t],)).argmax(1)
             assert float(acc[t, j]) == pytest.approx(float((pred == yq[t]).float().mean()))
     with pytest.raises(ValueError, match="counts >= 0"):
-        adapted_accuracy(net, params, xs, ys, xq, yq, [-1], 0.5)
+        adapted_accuracy(net, params, tasks, [-1], 0.5)
 
 
 def test_batch_norm_normalises_by_the_batch(net_and_tasks) -> None:

@@ -41,7 +41,9 @@ from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_c
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
 from ptx_utils.pretraining.config import ADDED_DEFAULTS, RETIRED, PretrainConfig, PretrainResult
 from ptx_utils.pretraining.maml import (
+    InnerLoop,
     MamlNet,
+    Tasks,
     adapted_accuracy,
     estimate_running_stats,
     maml_params,
@@ -172,9 +174,8 @@ class _Trainer:
             xq = self._input(query.reshape(-1)).unflatten(0, (t, -1))
             ys = labels.repeat_interleave(c.train_shot).expand(t, -1)
             yq = labels.repeat_interleave(c.train_query).expand(t, -1)
-            grads, losses, accs = meta(
-                self.maml_net, params, xs, ys, xq, yq, c.inner_steps, c.inner_lr, c.second_order
-            )
+            inner = InnerLoop(c.inner_steps, c.inner_lr, c.second_order)
+            grads, losses, accs = meta(self.maml_net, params, Tasks(xs, ys, xq, yq), inner)
             self.optimizer.zero_grad(set_to_none=True)
             for name, p in params.items():
                 p.grad = grads[name]
@@ -198,8 +199,9 @@ class _Trainer:
             t = len(xs)
             ys = labels.repeat_interleave(c.val_shot).expand(t, -1)
             yq = labels.repeat_interleave(c.val_query).expand(t, -1)
+            tasks = Tasks(xs, ys, xq, yq)
             acc = adapted_accuracy(
-                self.maml_net, params, xs, ys, xq, yq, [c.inner_steps], c.inner_lr, self.vmap
+                self.maml_net, params, tasks, [c.inner_steps], c.inner_lr, self.vmap
             )
             out.append(acc[:, 0].double().cpu().numpy())
         return np.concatenate(out)

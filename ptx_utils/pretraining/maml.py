@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,38 +76,42 @@ def adapt(
     return params
 
 
+class Tasks(NamedTuple):
+    """A meta-batch of T tasks as tensors (normalised images, class-major labels).
+
+    Attributes:
+        xs: (T, M, C, H, W) support images; ys: (T, M) their labels.
+        xq: (T, Q, C, H, W) query images; yq: (T, Q) their labels.
+    """
+
+    xs: torch.Tensor
+    ys: torch.Tensor
+    xq: torch.Tensor
+    yq: torch.Tensor
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """``steps`` SGD steps at ``lr`` per task; ``second_order``: differentiate through them."""
+
+    steps: int
+    lr: float
+    second_order: bool = False
+
+
 def _task_loss(
-    net: MamlNet,
-    params: Params,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    xq: torch.Tensor,
-    yq: torch.Tensor,
-    steps: int,
-    lr: float,
-    second_order: bool,
+    net: MamlNet, params: Params, task: Tasks, inner: InnerLoop
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One task's query loss after adapting, and its query accuracy (aux)."""
-    logits = functional_call(net, adapt(net, params, xs, ys, steps, lr, second_order), (xq,))
-    return F.cross_entropy(logits, yq), (logits.argmax(1) == yq).float().mean()
+    fast = adapt(net, params, task.xs, task.ys, inner.steps, inner.lr, inner.second_order)
+    logits = functional_call(net, fast, (task.xq,))
+    return F.cross_entropy(logits, task.yq), (logits.argmax(1) == task.yq).float().mean()
 
 
 def meta_gradients(
-    net: MamlNet,
-    params: Params,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    xq: torch.Tensor,
-    yq: torch.Tensor,
-    steps: int,
-    lr: float,
-    second_order: bool = False,
+    net: MamlNet, params: Params, tasks: Tasks, inner: InnerLoop
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """The meta-gradient of a meta-batch of T tasks, every task at once (``vmap``).
-
-    Args:
-        xs, ys: (T, M, C, H, W) normalised support images and (T, M) labels.
-        xq, yq: (T, Q, C, H, W) query images and (T, Q) labels.
 
     Returns:
         the gradient of the tasks' mean query loss w.r.t. each of ``params``; the per-task
@@ -113,60 +119,47 @@ def meta_gradients(
     """
     detached = {k: v.detach() for k, v in params.items()}
 
-    def task(p, a, b, c, d):  # vmapped over the tasks
-        return grad_and_value(_task_loss, argnums=1, has_aux=True)(
-            net, p, a, b, c, d, steps, lr, second_order
-        )
+    def one(p: Params, task: Tasks) -> tuple[Params, tuple[torch.Tensor, torch.Tensor]]:
+        return grad_and_value(_task_loss, argnums=1, has_aux=True)(net, p, task, inner)
 
-    grads, (losses, accs) = vmap(task, in_dims=(None, 0, 0, 0, 0))(detached, xs, ys, xq, yq)
+    grads, (losses, accs) = vmap(one, in_dims=(None, 0))(detached, tasks)
     return {k: g.mean(0) for k, g in grads.items()}, losses.detach(), accs
 
 
 def meta_gradients_loop(
-    net: MamlNet,
-    params: Params,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    xq: torch.Tensor,
-    yq: torch.Tensor,
-    steps: int,
-    lr: float,
-    second_order: bool = False,
+    net: MamlNet, params: Params, tasks: Tasks, inner: InnerLoop
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """:func:`meta_gradients` one task after another with ``torch.autograd`` (the reference)."""
     names = list(params)
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     losses, accs = [], []
-    for t in range(len(xs)):
+    for xs, ys, xq, yq in zip(*tasks, strict=True):
         leaf = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         fast = leaf
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(net, fast, (xs[t],)), ys[t])
-            g = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=second_order)
-            fast = {k: fast[k] - lr * gk for k, gk in zip(names, g, strict=True)}
-        logits = functional_call(net, fast, (xq[t],))
-        loss = F.cross_entropy(logits, yq[t])
+        for _ in range(inner.steps):
+            loss = F.cross_entropy(functional_call(net, fast, (xs,)), ys)
+            g = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=inner.second_order)
+            fast = {k: fast[k] - inner.lr * gk for k, gk in zip(names, g, strict=True)}
+        logits = functional_call(net, fast, (xq,))
+        loss = F.cross_entropy(logits, yq)
         for k, gk in zip(names, torch.autograd.grad(loss, [leaf[k] for k in names]), strict=True):
-            total[k] += gk / len(xs)
+            total[k] += gk / len(tasks.xs)
         losses.append(loss.detach())
-        accs.append((logits.argmax(1) == yq[t]).float().mean())
+        accs.append((logits.argmax(1) == yq).float().mean())
     return total, torch.stack(losses), torch.stack(accs)
 
 
 def adapted_accuracy(
     net: MamlNet,
     params: Params,
-    xs: torch.Tensor,
-    ys: torch.Tensor,
-    xq: torch.Tensor,
-    yq: torch.Tensor,
+    tasks: Tasks,
     at_steps: Sequence[int],
     lr: float,
     vectorize: bool = True,
 ) -> torch.Tensor:
     """Query accuracy of T tasks after each of ``at_steps`` inner steps, from one run per task.
 
-    Shapes as :func:`meta_gradients`; returns float (T, len(at_steps)). The inner loop runs to
+    Returns float (T, len(at_steps)). The inner loop runs to
     ``max(at_steps)`` once and the queries are scored whenever a count of ``at_steps`` is passed,
     so the 100-step accuracy and the 5-step one come from the same trajectory. ``vectorize``:
     the tasks under ``vmap`` (faster on a GPU), or one after another (on a CPU).
@@ -176,18 +169,18 @@ def adapted_accuracy(
         raise ValueError(f"at_steps must be counts >= 0, got {list(at_steps)}")
     detached = {k: v.detach() for k, v in params.items()}
 
-    def one(p, a, b, c, d):  # vmapped over the tasks
+    def one(p: Params, task: Tasks) -> torch.Tensor:
         out, done = [], 0
         for n in counts:
-            p = adapt(net, p, a, b, n - done, lr)
+            p = adapt(net, p, task.xs, task.ys, n - done, lr)
             done = n
-            out.append((functional_call(net, p, (c,)).argmax(1) == d).float().mean())
+            out.append((functional_call(net, p, (task.xq,)).argmax(1) == task.yq).float().mean())
         return torch.stack(out)
 
     if vectorize:
-        acc = vmap(one, in_dims=(None, 0, 0, 0, 0))(detached, xs, ys, xq, yq)
+        acc = vmap(one, in_dims=(None, 0))(detached, tasks)
     else:
-        acc = torch.stack([one(detached, *t) for t in zip(xs, ys, xq, yq, strict=True)])
+        acc = torch.stack([one(detached, Tasks(*t)) for t in zip(*tasks, strict=True)])
     acc = acc.detach()
     order = [counts.index(int(s)) for s in at_steps]
     return acc[:, order]
