@@ -100,7 +100,7 @@ _SHIFT: dict[str, dict[str, Any]] = {
 # n_episodes test episodes, scored after each of ``passes`` (the survey's 5 ... 200).
 _STEPS: dict[str, dict[str, Any]] = {
     "smoke": {"passes": [0, 2, 5], "n_episodes": 2},
-    "demo": {"passes": [0, 5, 10, 25, 40], "n_episodes": 5},
+    "demo": {"passes": [0, 5, 10, 25, 40], "n_episodes": 3},
     "paper": {"passes": [0, 5, 10, 25, 50, 100, 200], "n_episodes": 100},
 }
 
