@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset, load_dataset
+from ptx_utils.data.augment import normalize
+from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.evaluation import evaluate_steps, evaluate_strategies
+from ptx_utils.finetuning import Replica, Scheme, Strategy, finetune_batched, maml
+from ptx_utils.finetuning.maml_adapt import maml_net, maml_reference
+from ptx_utils.finetuning.sequential import finetune_sequential
 from ptx_utils.models import create_backbone, create_head
 from ptx_utils.models.checkpoint import load_backbone, load_checkpoint
 from ptx_utils.pretraining import PretrainConfig, pretrain
@@ -19,7 +26,7 @@ from ptx_utils.pretraining.maml import (
     MamlNet,
     Tasks,
     adapt,
-    adapted_accuracy,
+    adapted_logits,
     maml_params,
     meta_gradients,
     meta_gradients_loop,
@@ -28,6 +35,7 @@ from ptx_utils.pretraining.maml import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = {"image_size": 16, "images_per_class": 20, "classes": (10, 5, 5)}
+QUIET = Runtime(progress=False, precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +87,17 @@ def test_accuracy_at_several_step_counts_from_one_run(net_and_tasks) -> None:
     net, params, (xs, ys, xq, yq) = net_and_tasks
     at = [3, 0, 1]
     tasks = Tasks(xs, ys, xq, yq)
-    acc = adapted_accuracy(net, params, tasks, at, lr=0.5)
-    assert acc.shape == (3, 3)
-    assert torch.equal(acc, adapted_accuracy(net, params, tasks, at, 0.5, vectorize=False))
-    for j, steps in enumerate(at):  # each column equals a run of exactly that many steps
+    logits = adapted_logits(net, params, tasks, at, lr=0.5)
+    assert logits.shape == (3, 3, 10, 5)
+    looped = adapted_logits(net, params, tasks, at, 0.5, vectorize=False)
+    torch.testing.assert_close(logits, looped, atol=1e-5, rtol=1e-5)
+    for j, steps in enumerate(at):  # each count equals a run of exactly that many steps
         for t in range(3):
             fast = adapt(net, params, xs[t], ys[t], steps, 0.5)
-            pred = functional_call(net, fast, (xq[t],)).argmax(1)
-            assert float(acc[t, j]) == pytest.approx(float((pred == yq[t]).float().mean()))
+            want = functional_call(net, fast, (xq[t],))
+            torch.testing.assert_close(logits[t, j], want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="counts >= 0"):
-        adapted_accuracy(net, params, tasks, [-1], 0.5)
+        adapted_logits(net, params, tasks, [-1], 0.5)
 
 
 def test_batch_norm_normalises_by_the_batch(net_and_tasks) -> None:
@@ -160,3 +169,79 @@ def test_maml_settings_are_checked() -> None:
         _cfg(inner_steps=0)
     with pytest.raises(ValueError, match="vectorize"):
         _cfg(vectorize="gpu")
+
+
+# -- MAML at test time, through the Strategy abstraction and both engines ------------------------
+
+
+@pytest.fixture(scope="module")
+def maml_run(tiny, tmp_path_factory) -> tuple[str, object]:
+    """A tiny MAML checkpoint (5-way head) and the backbone the kit reads from it."""
+    out = tmp_path_factory.mktemp("maml")
+    pretrain(_cfg(epochs=1), *tiny, out)
+    backbone, _ = load_backbone(out / "best.pt")
+    return maml_reference(out / "best.pt"), backbone.eval()
+
+
+@pytest.fixture(scope="module")
+def test_episodes() -> tuple[FewShotDataset, object]:
+    test = load_dataset("synthetic", "test", **TINY)
+    return test, sample_episodes(test, 5, 2, 3, 3, seed=1)
+
+
+@pytest.mark.parametrize("vectorize", ["vmap", "loop"])
+def test_maml_strategy_batched_equals_sequential(maml_run, test_episodes, vectorize) -> None:
+    reference, backbone = maml_run
+    test, episodes = test_episodes
+    t = episodes.tensors(test)
+    tensors = (t.support_images, t.support_labels, t.query_images)
+    strategy = maml(reference, 4, lr=0.2, steps=3)
+    replicas = [Replica(strategy, e, seed=e) for e in range(len(episodes))]
+    batched = finetune_batched(
+        backbone, replicas, *tensors, 5, progress=False, vectorize=vectorize, record=[0, 1]
+    )
+    for e in range(len(episodes)):
+        seq = finetune_sequential(
+            backbone, strategy, t.support_images[e], t.support_labels[e], t.query_images[e], 5,
+            record=[0, 1],
+        )  # fmt: skip
+        torch.testing.assert_close(batched.logits[e], seq.logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(batched.recorded[e], seq.recorded, atol=1e-4, rtol=1e-4)
+    assert not batched.diverged.any()
+    # 0 steps: the meta-trained network as it is, batch statistics of the queries
+    net, params = maml_net(reference, 5, torch.device("cpu"))
+    want = functional_call(net, params, (normalize(t.query_images[0]),))
+    torch.testing.assert_close(batched.recorded[0, 0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_maml_through_the_harness_and_at_several_step_counts(maml_run, test_episodes) -> None:
+    reference, backbone = maml_run
+    test, episodes = test_episodes
+    named = {"MAML 4": maml(reference, 4, lr=0.2, steps=4)}
+    rows = evaluate_strategies(backbone, named, test, episodes, runtime=QUIET).rows
+    assert list(rows["strategy"]) == ["MAML 4"] * 3 and rows["accuracy"].between(0, 1).all()
+    steps = evaluate_steps(backbone, named, test, episodes, passes=(0, 2, 4), runtime=QUIET)
+    at4 = steps[steps["passes"] == 4].sort_values("episode")["accuracy"].to_numpy()
+    assert at4 == pytest.approx(rows.sort_values("episode")["accuracy"].to_numpy())
+
+
+def test_maml_strategies_are_checked(maml_run, tiny, tmp_path: Path) -> None:
+    reference, _ = maml_run
+    baseline = _cfg(epochs=1).__dict__ | {"method": "baseline", "epoch_images": 32}
+    pretrain(PretrainConfig.from_dict(baseline), *tiny, tmp_path)
+    baseline_checkpoint = tmp_path / "best.pt"
+    rates, ref = Scheme((0.1,) * 4, 0.1), (reference,)
+    bad = {
+        "per-layer rates": Strategy(Scheme((0.0, 0.1, 0.1, 0.1), 0.1), "maml", loads=ref, steps=2),
+        "no steps": Strategy(rates, "maml", loads=ref),
+        "no checkpoint": Strategy(rates, "maml", steps=2),
+        "AdaBN": Strategy(rates, "maml", loads=ref, steps=2, bn_stats="support"),
+    }
+    for what, strategy in bad.items():
+        assert strategy.unimplemented(), what
+    with pytest.raises(ValueError, match="sha256"):
+        maml_net(reference[:-64] + "0" * 64, 5, torch.device("cpu"))
+    with pytest.raises(ValueError, match="3-way"):
+        maml_net(reference, 3, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not a MAML checkpoint"):
+        maml_net(maml_reference(baseline_checkpoint), 5, torch.device("cpu"))

@@ -1,10 +1,10 @@
 """Fine-tuning: strategies, the protocol, one sequential reference and one batched engine.
 
 - :mod:`.scheme`, :mod:`.strategy`, :mod:`.fixed` — per-layer rates, :class:`Strategy`, the named
-  strategies (linear probe … logistic regression, TSA, LT+NCC, SpotTune; AdaBN, CIT).
+  strategies (linear probe … logistic regression, TSA, LT+NCC, SpotTune, MAML; AdaBN, CIT).
 - :mod:`.protocol` — :class:`FinetuneConfig` and the replica plan.
 - :mod:`.sequential` — the reference; :mod:`.batched` — the vmapped engine (:mod:`.sgd_chunks`,
-  :mod:`.closed_form`, :mod:`.adapters`, :mod:`.bn_stats`, :mod:`.feature_transform`, …),
+  :mod:`.closed_form`, :mod:`.adapters`, :mod:`.maml_adapt`, :mod:`.bn_stats`, …),
   proven equal to it.
 - :mod:`.replicas` — run and score replicas with either engine, here or on Ray workers
   (:mod:`.ray_executor`).
@@ -18,6 +18,7 @@ from ptx_utils.finetuning.fixed import (
     linear_probe,
     logistic_regression,
     lt_ncc,
+    maml,
     nearest_centroid,
     spottune,
     tsa,
@@ -67,6 +68,7 @@ __all__ = [
     "linear_probe",
     "logistic_regression",
     "lt_ncc",
+    "maml",
     "nearest_centroid",
     "place_episodes",
     "replica_accuracies",

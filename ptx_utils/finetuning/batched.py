@@ -24,6 +24,7 @@ from ptx_utils.finetuning.adapters import adapt_batched
 from ptx_utils.finetuning.bn_stats import episodes_statistics
 from ptx_utils.finetuning.closed_form import closed_form_logits, frozen_features
 from ptx_utils.finetuning.functional_sgd import view_as_replicas
+from ptx_utils.finetuning.maml_adapt import maml_batched
 from ptx_utils.finetuning.protocol import FinetuneConfig, check_record
 from ptx_utils.finetuning.replicas import check_episode_tensors
 from ptx_utils.finetuning.scheme import Scheme
@@ -141,6 +142,11 @@ def finetune_batched(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     protocol, chunk_size, vectorize, bar, points,
                 )  # fmt: skip
+            elif variant.path == "maml":
+                out, div = _run_maml(
+                    group, support_images, support_labels, query_images, n_way, chunk_size,
+                    vectorize, bar, points,
+                )  # fmt: skip
             elif variant.path == "attachments":
                 out, div = _run_attachments(
                     backbone, group, support_images, support_labels, query_images, n_way,
@@ -205,7 +211,7 @@ def chunk_plan(
         group = [replicas[i] for i in members]
         if variant.path == "closed-form":
             plan.append(members)
-        elif variant.path in ("attachments", "spottune"):
+        elif variant.path in ("attachments", "spottune", "maml"):
             order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
             size = chunk_size or _ATTACHMENT_CHUNK
             plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
@@ -295,6 +301,29 @@ def _run_spottune(
             [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
             support_images, support_labels, query_images, n_way, cfg, vectorize, record,
         )[:2],
+    )  # fmt: skip
+
+
+def _run_maml(
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    chunk_size: int | None,
+    vectorize: str,
+    bar: Any,
+    record: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~.maml_adapt.maml_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
+    cpu = support_images.device.type == "cpu"
+    loop = vectorize == "loop" or (vectorize == "auto" and cpu)
+    return _run_in_chunks(
+        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
+        lambda idx: maml_batched(
+            [as_strategy(replicas[i].strategy) for i in idx], [replicas[i].episode for i in idx],
+            support_images, support_labels, query_images, n_way, not loop, record,
+        ),
     )  # fmt: skip
 
 

@@ -169,3 +169,22 @@ def spottune(
         loads=(policy,) if policy is not None else (),
         name=label + (" (argmax)" if inference == "argmax" else ""),
     )
+
+
+def maml(reference: str, n_layers: int, lr: float = 0.01, steps: int = 100) -> Strategy:
+    """MAML's test-time adaptation of its meta-trained backbone and head (``reference``:
+    ``"best.pt#sha256"``, :func:`~ptx_utils.finetuning.maml_adapt.maml_reference`): ``steps``
+    full-batch SGD steps at ``lr`` on every layer and the head (CloserLook's further adaptation:
+    100; the inner loop it was trained with: 5).
+
+    Example:
+        >>> maml("runs/maml/best.pt#" + "0" * 64, 4, steps=5).path
+        'maml'
+    """
+    return Strategy(
+        Scheme((lr,) * n_layers, lr),
+        classifier="maml",
+        loads=(reference,),
+        steps=steps,
+        name=f"MAML ({steps} steps)",
+    )

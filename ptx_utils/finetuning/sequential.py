@@ -22,6 +22,7 @@ from ptx_utils.finetuning.adapters import adapt_sequential
 from ptx_utils.finetuning.bn_stats import episode_statistics, load_statistics, statistics_images
 from ptx_utils.finetuning.closed_form import closed_form_logits
 from ptx_utils.finetuning.feature_transform import apply_transform
+from ptx_utils.finetuning.maml_adapt import maml_sequential
 from ptx_utils.finetuning.protocol import (
     FinetuneConfig,
     check_record,
@@ -95,6 +96,12 @@ def finetune_sequential(
             out = model(to_layout(images, precision))
         return apply_transform(out.float(), strategy.feature_transform, options)
 
+    if strategy.path == "maml":  # float32, its own network and inner loop (.maml_adapt)
+        logits = maml_sequential(
+            strategy, support_images.to(device), support_labels, query_images.to(device), n_way,
+            points,
+        )  # fmt: skip
+        return _result(logits[-1], logits[:-1] if record is not None else None)
     if strategy.path == "spottune":  # float32, the protocol's SGD (ptx_utils.finetuning.spottune)
         logits, _, _ = spottune_sequential(
             backbone, strategy, support_images, support_labels, query_images, n_way, cfg, seed,

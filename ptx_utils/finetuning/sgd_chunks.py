@@ -53,12 +53,12 @@ _HEAD = "head."
 class Variant:
     """What, besides the protocol, replicas batched together must share."""
 
-    path: str  # Strategy.path: "sgd", "closed-form", "attachments" or "spottune"
+    path: str  # Strategy.path: "sgd", "closed-form", "attachments", "spottune" or "maml"
     classifier: str | None  # a closed-form classifier, or None
     transform: str
     options: tuple[tuple[str, Any], ...]
     bn_stats: str | None  # AdaBN's images ("support", "support+query"), or None
-    adapters: tuple[Any, ...] = ()  # attachments: which exist, α's init, steps
+    adapters: tuple[Any, ...] = ()  # attachments: which exist, α's init, steps; MAML's run
 
     @classmethod
     def of(cls, strategy: Strategy) -> Variant:
@@ -69,6 +69,8 @@ class Variant:
         elif strategy.path == "spottune":
             sp = SpotTuneSpec.of(strategy)
             adapters = sp.structure
+        elif strategy.path == "maml":  # one checkpoint, step count and rate per group
+            adapters = (strategy.loads, strategy.steps, strategy.head_lr)
         return cls(
             strategy.path,
             strategy.classifier if strategy.closed_form else None,

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +32,7 @@ from ptx_utils.finetuning.protocol import (
 )
 from ptx_utils.finetuning.strategy import Strategy
 from ptx_utils.models import Backbone, create_head
-from ptx_utils.models.checkpoint import state_digest
+from ptx_utils.models.checkpoint import read_reference, state_digest
 
 #: The released code's Gumbel-softmax temperature, and its noise guard.
 TAU = 5.0
@@ -270,18 +268,10 @@ def build_net(
 def load_policy(reference: str) -> tuple[dict[str, torch.Tensor], str | None]:
     """The policy state of a ``"path#sha256"`` reference, its hash checked (weights only), and
     the weights digest of the backbone it was meta-trained on (None if not recorded)."""
-    path, _, sha = reference.rpartition("#")
-    if not path or len(sha) != 64:
-        raise ValueError(f"a policy reference is 'path#sha256', got {reference!r}")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"meta-trained policy {file} not found; meta-train one with "
-            "ptx_utils.finetuning.spottune_meta.meta_train_policy or fix the path"
-        )
-    blob = file.read_bytes()
-    if hashlib.sha256(blob).hexdigest() != sha:
-        raise ValueError(f"{file} does not match its sha256 {sha[:12]}…: the file changed")
+    _, blob = read_reference(
+        reference, "meta-trained policy",
+        "meta-train one with ptx_utils.finetuning.spottune_meta.meta_train_policy",
+    )  # fmt: skip
     payload = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     identity = json.loads(payload.get("identity", "{}"))
     return dict(payload["policy"]), identity.get("backbone")

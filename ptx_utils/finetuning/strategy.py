@@ -20,7 +20,7 @@ from ptx_utils.finetuning.scheme import Scheme
 #: Values each field accepts: implemented by both engines, then planned (accepted, refused by
 #: the engines with :class:`NotImplementedError` until their issue lands).
 CLASSIFIERS = (
-    "protocol", "linear", "cosine", "ncc-euclidean", "ncc-cosine", "logistic-regression"
+    "protocol", "linear", "cosine", "ncc-euclidean", "ncc-cosine", "logistic-regression", "maml",
 )  # fmt: skip
 PLANNED_CLASSIFIERS = ("zero-linear",)
 #: Classifiers fitted without gradient steps on frozen features (:mod:`.closed_form`).
@@ -85,7 +85,10 @@ class Strategy:
         classifier: ``"protocol"`` (the :class:`FinetuneConfig` head), ``"linear"``,
             ``"cosine"`` (heads trained by SGD), or fitted without gradient steps on frozen
             features (:mod:`~ptx_utils.finetuning.closed_form`; every rate 0):
-            ``"ncc-euclidean"``, ``"ncc-cosine"`` (nearest centroid), ``"logistic-regression"``.
+            ``"ncc-euclidean"``, ``"ncc-cosine"`` (nearest centroid), ``"logistic-regression"``;
+            or ``"maml"``: the backbone and head of the MAML checkpoint in ``loads``, adapted by
+            its inner loop (``steps`` full-batch SGD steps at the one rate of the scheme,
+            batch-statistics BN; :mod:`~ptx_utils.finetuning.maml_adapt`).
         optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay), or
             ``"adadelta"`` (attachments only).
         attachments: extra trained or loaded parameters (:class:`Attachment`): TSA's
@@ -184,7 +187,9 @@ class Strategy:
     @property
     def path(self) -> str:
         """How the engines run it: ``"closed-form"``, ``"attachments"`` (TSA, LT+NCC),
-        ``"spottune"``, ``"sgd"``."""
+        ``"spottune"``, ``"maml"``, ``"sgd"``."""
+        if self.classifier == "maml":
+            return "maml"
         if any(a.kind == "spottune" for a in self.attachments):
             return "spottune"
         if self.attachments:
@@ -216,7 +221,9 @@ class Strategy:
             out.append(f"classifier {self.classifier!r}")
         if self.optimizer not in OPTIMIZERS:
             out.append(f"optimizer {self.optimizer!r}")
-        if self.path == "spottune":  # tuned copies, policy and head by the protocol's SGD
+        if self.path == "maml":
+            out += self._maml_unimplemented()
+        elif self.path == "spottune":  # tuned copies, policy and head by the protocol's SGD
             if len(self.attachments) != 1:
                 out.append("spottune with other attachments")
             if self.classifier not in ("protocol", "linear", "cosine") or self.optimizer != "sgd":
@@ -242,12 +249,26 @@ class Strategy:
         if self.bn_stats not in BN_STATS:
             out.append(f"bn_stats {self.bn_stats!r}")
         out += [f"attachment {a.kind!r}" for a in self.attachments if a.kind not in ATTACHMENTS]
-        if self.loads and self.path != "spottune":  # SpotTune loads its meta-trained policy
+        if self.loads and self.path not in ("spottune", "maml"):  # their meta-trained parts
             out.append("meta-trained parts (loads)")
         if self.closed_form and self.scheme.n_trainable_layers:
             out.append(f"classifier {self.classifier!r} with trained layers")
-        if self.steps is not None and self.path != "attachments":
+        if self.steps is not None and self.path not in ("attachments", "maml"):
             out.append(f"steps {self.steps}")
+        return out
+
+    def _maml_unimplemented(self) -> list[str]:
+        out = []
+        if len(self.loads) != 1:
+            out.append("maml without exactly one checkpoint in loads")
+        if self.steps is None:
+            out.append("maml without steps")
+        if self.head_lr <= 0 or any(lr != self.head_lr for lr in self.lrs):
+            out.append("maml with per-layer rates (its inner loop has one rate > 0)")
+        if self.attachments or self.optimizer != "sgd" or self.feature_transform != "none":
+            out.append("maml with attachments, another optimiser or a feature transform")
+        if self.bn_stats != "protocol":
+            out.append(f"maml with bn_stats {self.bn_stats!r} (it normalises by the batch)")
         return out
 
     def protocol(self, cfg: FinetuneConfig) -> FinetuneConfig:

@@ -182,3 +182,18 @@ def state_digest(module: torch.nn.Module) -> str:
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(flat.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def read_reference(reference: str, what: str, how_to_make: str) -> tuple[Path, bytes]:
+    """The bytes of a ``"path#sha256"`` reference (what a strategy's ``loads`` holds), the hash
+    checked. ``what`` names the file in errors, ``how_to_make`` says how to get one."""
+    path, _, sha = reference.rpartition("#")
+    if not path or len(sha) != 64:
+        raise ValueError(f"a {what} reference is 'path#sha256', got {reference!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} {file} not found; {how_to_make} or fix the path")
+    blob = file.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sha:
+        raise ValueError(f"{file} does not match its sha256 {sha[:12]}…: the file changed")
+    return file, blob

@@ -44,7 +44,7 @@ from ptx_utils.pretraining.maml import (
     InnerLoop,
     MamlNet,
     Tasks,
-    adapted_accuracy,
+    adapted_logits,
     estimate_running_stats,
     maml_params,
     meta_gradients,
@@ -200,10 +200,10 @@ class _Trainer:
             ys = labels.repeat_interleave(c.val_shot).expand(t, -1)
             yq = labels.repeat_interleave(c.val_query).expand(t, -1)
             tasks = Tasks(xs, ys, xq, yq)
-            acc = adapted_accuracy(
+            logits = adapted_logits(
                 self.maml_net, params, tasks, [c.inner_steps], c.inner_lr, self.vmap
-            )
-            out.append(acc[:, 0].double().cpu().numpy())
+            )[:, 0]
+            out.append((logits.argmax(-1) == yq).double().mean(-1).cpu().numpy())
         return np.concatenate(out)
 
     def maml_running_stats(self) -> None:

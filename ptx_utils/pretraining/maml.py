@@ -149,7 +149,7 @@ def meta_gradients_loop(
     return total, torch.stack(losses), torch.stack(accs)
 
 
-def adapted_accuracy(
+def adapted_logits(
     net: MamlNet,
     params: Params,
     tasks: Tasks,
@@ -157,12 +157,12 @@ def adapted_accuracy(
     lr: float,
     vectorize: bool = True,
 ) -> torch.Tensor:
-    """Query accuracy of T tasks after each of ``at_steps`` inner steps, from one run per task.
+    """Query logits of T tasks after each of ``at_steps`` inner steps, from one run per task.
 
-    Returns float (T, len(at_steps)). The inner loop runs to
-    ``max(at_steps)`` once and the queries are scored whenever a count of ``at_steps`` is passed,
-    so the 100-step accuracy and the 5-step one come from the same trajectory. ``vectorize``:
-    the tasks under ``vmap`` (faster on a GPU), or one after another (on a CPU).
+    Returns float32 (T, len(at_steps), Q, n_way). The inner loop runs to ``max(at_steps)``
+    once and the queries are scored whenever a count of ``at_steps`` is passed, so the 100-step
+    and the 5-step logits come from the same trajectory. ``vectorize``: the tasks under
+    ``vmap`` (faster on a GPU), or one after another (on a CPU).
     """
     counts = sorted(set(int(s) for s in at_steps))
     if not counts or counts[0] < 0:
@@ -174,16 +174,29 @@ def adapted_accuracy(
         for n in counts:
             p = adapt(net, p, task.xs, task.ys, n - done, lr)
             done = n
-            out.append((functional_call(net, p, (task.xq,)).argmax(1) == task.yq).float().mean())
+            out.append(functional_call(net, p, (task.xq,)))
         return torch.stack(out)
 
     if vectorize:
-        acc = vmap(one, in_dims=(None, 0))(detached, tasks)
+        logits = vmap(one, in_dims=(None, 0))(detached, tasks)
     else:
-        acc = torch.stack([one(detached, Tasks(*t)) for t in zip(*tasks, strict=True)])
-    acc = acc.detach()
+        logits = torch.stack([one(detached, Tasks(*t)) for t in zip(*tasks, strict=True)])
     order = [counts.index(int(s)) for s in at_steps]
-    return acc[:, order]
+    return logits.detach()[:, order]
+
+
+def adapt_loop(
+    net: MamlNet, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> Params:
+    """:func:`adapt` (first-order) with ``torch.autograd`` on one task: the reference."""
+    fast = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    for _ in range(steps):
+        loss = F.cross_entropy(functional_call(net, fast, (x,)), y)
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        with torch.no_grad():
+            fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads, strict=True)}
+        fast = {k: v.requires_grad_(True) for k, v in fast.items()}
+    return {k: v.detach() for k, v in fast.items()}
 
 
 @torch.no_grad()
