@@ -31,6 +31,7 @@ from ptx_utils.pretraining.maml import (
     meta_gradients,
     meta_gradients_loop,
 )
+from ptx_utils.steps.transfer import transfer_strategies
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -245,3 +246,15 @@ def test_maml_strategies_are_checked(maml_run, tiny, tmp_path: Path) -> None:
         maml_net(reference, 3, torch.device("cpu"))
     with pytest.raises(ValueError, match="not a MAML checkpoint"):
         maml_net(maml_reference(baseline_checkpoint), 5, torch.device("cpu"))
+
+
+def test_notebook_03_adds_maml_rows_for_a_maml_backbone(maml_run, tiny, tmp_path: Path) -> None:
+    reference, _ = maml_run
+    path = reference.rpartition("#")[0]
+    named = transfer_strategies(Scheme((0.0,) * 4), pretrained=path)
+    assert list(named)[-2:] == ["MAML (2 steps)", "MAML (100 steps)"]
+    assert named["MAML (2 steps)"] == maml(reference, 4, lr=0.1, steps=2)
+    pretrain(
+        PretrainConfig.from_dict(_cfg(epochs=1).__dict__ | {"method": "protonet"}), *tiny, tmp_path
+    )
+    assert len(transfer_strategies(Scheme((0.0,) * 4), pretrained=tmp_path / "best.pt")) == 5

@@ -33,13 +33,16 @@ from ptx_utils.finetuning import (
     linear_probe,
     logistic_regression,
     lt_ncc,
+    maml,
     nearest_centroid,
     spottune,
     tsa,
     with_adabn,
     with_channel_importance,
 )
+from ptx_utils.finetuning.maml_adapt import maml_reference
 from ptx_utils.models import Backbone
+from ptx_utils.models.checkpoint import load_checkpoint
 
 
 def fixed_strategies(
@@ -98,10 +101,14 @@ _COSTLY = ("linear probe + CIT", "linear probe + AdaBN", "searched + AdaBN", "TS
 
 
 def transfer_strategies(
-    searched: Strategy | Scheme, head_lr: float | None = None, strategy_set: str = "paper"
+    searched: Strategy | Scheme,
+    head_lr: float | None = None,
+    strategy_set: str = "paper",
+    pretrained: str | Path | None = None,
 ) -> dict[str, Strategy]:
     """``searched`` first, then :func:`fixed_strategies` with the searched scheme's head lr, then
-    (``strategy_set`` ``"representative"`` or ``"all"``) :func:`survey_strategies`.
+    (``strategy_set`` ``"representative"`` or ``"all"``) :func:`survey_strategies`, then, when
+    ``pretrained`` is a MAML checkpoint, :func:`maml_strategies`.
 
     Example:
         >>> names = transfer_strategies(Scheme((0, 0, 0.01, 0.1)), strategy_set="all")
@@ -118,7 +125,27 @@ def transfer_strategies(
         if strategy_set == "representative":
             survey = {k: v for k, v in survey.items() if not k.startswith(_COSTLY)}
         named.update(survey)
+    if pretrained is not None:
+        named.update(maml_strategies(pretrained, len(searched.lrs)))
     return named
+
+
+#: MAML's test-time step counts beside the one it was meta-trained with (CloserLook: 100).
+MAML_TEST_STEPS = (100,)
+
+
+def maml_strategies(checkpoint: str | Path, n_layers: int) -> dict[str, Strategy]:
+    """MAML's own adaptation of a MAML checkpoint: its meta-training inner steps and
+    :data:`MAML_TEST_STEPS`, at its inner rate; nothing for a checkpoint of another method."""
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt["meta"].get("method") != "maml":
+        return {}
+    config = ckpt["meta"]["config"]
+    reference = maml_reference(Path(checkpoint).resolve())
+    counts = dict.fromkeys((int(config["inner_steps"]), *MAML_TEST_STEPS))
+    return {
+        f"MAML ({n} steps)": maml(reference, n_layers, float(config["inner_lr"]), n) for n in counts
+    }
 
 
 def evaluate_shots(
