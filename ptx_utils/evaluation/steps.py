@@ -55,7 +55,7 @@ def evaluate_steps(
     Args:
         backbone, strategies, dataset, episodes: as :func:`.harness.evaluate_strategies`.
         cfg: the protocol; its ``passes`` is replaced by ``max(passes)`` (and the ``steps`` of
-            each attachment or MAML strategy likewise).
+            each attachment, UpperCaSE or MAML strategy likewise).
         passes: increasing update counts (0 = before any update).
 
     Returns:
@@ -80,7 +80,7 @@ def evaluate_steps(
     cfg = replace(FinetuneConfig() if cfg is None else cfg, passes=max(record))
     named = check_strategies(strategies, backbone.layer_names())
     named = {
-        k: replace(s, steps=max(record)) if s.path in ("attachments", "maml") else s
+        k: replace(s, steps=max(record)) if s.path in ("attachments", "case", "maml") else s
         for k, s in named.items()
     }
     model, tensors = place_episodes(backbone, dataset, episodes, runtime.device)

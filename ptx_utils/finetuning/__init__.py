@@ -1,11 +1,9 @@
 """Fine-tuning: strategies, the protocol, one sequential reference and one batched engine.
 
-- :mod:`.scheme`, :mod:`.strategy`, :mod:`.fixed` — per-layer rates, :class:`Strategy`, the named
-  strategies (linear probe … logistic regression, TSA, LT+NCC, SpotTune, MAML; AdaBN, CIT).
-- :mod:`.protocol` — :class:`FinetuneConfig` and the replica plan.
+- :mod:`.scheme`, :mod:`.strategy`, :mod:`.fixed` — rates, :class:`Strategy`, the named ones
+  (linear probe … TSA, LT+NCC, SpotTune, MAML, UpperCaSE; AdaBN, CIT); :mod:`.protocol`.
 - :mod:`.sequential` — the reference; :mod:`.batched` — the vmapped engine (:mod:`.sgd_chunks`,
-  :mod:`.closed_form`, :mod:`.adapters`, :mod:`.maml_adapt`, :mod:`.bn_stats`, …),
-  proven equal to it.
+  :mod:`.closed_form`, :mod:`.adapters`, :mod:`.uppercase`, :mod:`.maml_adapt`, …), equal to it.
 - :mod:`.replicas` — run and score replicas with either engine, here or on Ray workers
   (:mod:`.ray_executor`).
 """
@@ -22,6 +20,7 @@ from ptx_utils.finetuning.fixed import (
     nearest_centroid,
     spottune,
     tsa,
+    uppercase,
     with_adabn,
     with_channel_importance,
 )
@@ -77,6 +76,7 @@ __all__ = [
     "replica_seed",
     "spottune",
     "tsa",
+    "uppercase",
     "with_adabn",
     "with_channel_importance",
 ]

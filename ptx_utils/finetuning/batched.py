@@ -37,6 +37,7 @@ from ptx_utils.finetuning.sgd_chunks import (
 )
 from ptx_utils.finetuning.spottune_batched import spottune_batched
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
+from ptx_utils.finetuning.uppercase import uppercase_batched
 from ptx_utils.finetuning.vectorize import VECTORIZE
 from ptx_utils.models import Backbone
 
@@ -142,6 +143,11 @@ def finetune_batched(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     protocol, chunk_size, vectorize, bar, points,
                 )  # fmt: skip
+            elif variant.path == "case":
+                out, div = _run_case(
+                    backbone, group, support_images, support_labels, query_images, n_way,
+                    chunk_size, bar, points,
+                )  # fmt: skip
             elif variant.path == "maml":
                 out, div = _run_maml(
                     group, support_images, support_labels, query_images, n_way, chunk_size,
@@ -211,7 +217,7 @@ def chunk_plan(
         group = [replicas[i] for i in members]
         if variant.path == "closed-form":
             plan.append(members)
-        elif variant.path in ("attachments", "spottune", "maml"):
+        elif variant.path in ("attachments", "spottune", "case", "maml"):
             order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
             size = chunk_size or _ATTACHMENT_CHUNK
             plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
@@ -301,6 +307,28 @@ def _run_spottune(
             [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
             support_images, support_labels, query_images, n_way, cfg, vectorize, record,
         )[:2],
+    )  # fmt: skip
+
+
+def _run_case(
+    backbone: Backbone,
+    replicas: Sequence[Replica],
+    support_images: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_images: torch.Tensor,
+    n_way: int,
+    chunk_size: int | None,
+    bar: Any,
+    record: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~.uppercase.uppercase_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
+    return _run_in_chunks(
+        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
+        lambda idx: uppercase_batched(
+            backbone, [as_strategy(replicas[i].strategy) for i in idx],
+            [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
+            support_images, support_labels, query_images, n_way, record,
+        ),
     )  # fmt: skip
 
 

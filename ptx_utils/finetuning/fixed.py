@@ -188,3 +188,23 @@ def maml(reference: str, n_layers: int, lr: float = 0.01, steps: int = 100) -> S
         steps=steps,
         name=f"MAML ({steps} steps)",
     )
+
+
+def uppercase(reference: str, n_layers: int, steps: int = 500) -> Strategy:
+    """UpperCaSE: meta-trained CaSE blocks (``reference``: ``"case.pt#sha256"``,
+    :func:`~ptx_utils.finetuning.case_meta.meta_train_case`) set by one context pass over the
+    support set, then a zero-initialised linear head fitted by Adam for ``steps`` iterations.
+
+    Example:
+        >>> uppercase("case.pt#" + "0" * 64, 4).path
+        'case'
+    """
+    return Strategy(
+        Scheme((0.0,) * n_layers, 0.0),
+        classifier="zero-linear",
+        optimizer="adam",
+        attachments=(Attachment("case"),),
+        loads=(reference,),
+        steps=steps,
+        name="UpperCaSE",
+    )

@@ -34,6 +34,7 @@ from ptx_utils.finetuning.protocol import (
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.spottune import spottune_sequential
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
+from ptx_utils.finetuning.uppercase import uppercase_sequential
 from ptx_utils.models import Backbone, create_head
 
 
@@ -100,6 +101,12 @@ def finetune_sequential(
         logits = maml_sequential(
             strategy, support_images.to(device), support_labels, query_images.to(device), n_way,
             points,
+        )  # fmt: skip
+        return _result(logits[-1], logits[:-1] if record is not None else None)
+    if strategy.path == "case":  # float32, UpperCaSE (ptx_utils.finetuning.uppercase)
+        logits = uppercase_sequential(
+            backbone, strategy, support_images.to(device), support_labels,
+            query_images.to(device), n_way, seed, points,
         )  # fmt: skip
         return _result(logits[-1], logits[:-1] if record is not None else None)
     if strategy.path == "spottune":  # float32, the protocol's SGD (ptx_utils.finetuning.spottune)

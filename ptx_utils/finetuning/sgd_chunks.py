@@ -53,7 +53,7 @@ _HEAD = "head."
 class Variant:
     """What, besides the protocol, replicas batched together must share."""
 
-    path: str  # Strategy.path: "sgd", "closed-form", "attachments", "spottune" or "maml"
+    path: str  # Strategy.path: "sgd", "closed-form", "attachments", "spottune", "case", "maml"
     classifier: str | None  # a closed-form classifier, or None
     transform: str
     options: tuple[tuple[str, Any], ...]
@@ -71,6 +71,8 @@ class Variant:
             adapters = sp.structure
         elif strategy.path == "maml":  # one checkpoint, step count and rate per group
             adapters = (strategy.loads, strategy.steps, strategy.head_lr)
+        elif strategy.path == "case":  # one set of CaSE blocks and step count per group
+            adapters = (strategy.loads, strategy.steps)
         return cls(
             strategy.path,
             strategy.classifier if strategy.closed_form else None,

@@ -36,7 +36,7 @@ from ptx_utils.finetuning.spottune import (
     init_head,
 )
 from ptx_utils.models import Backbone
-from ptx_utils.models.checkpoint import state_digest
+from ptx_utils.models.checkpoint import MetaTrained, state_digest
 
 #: Episodes whose tensors are gathered at once.
 _GATHER = 64
@@ -71,18 +71,8 @@ class MetaPolicyConfig:
         return FinetuneConfig(head=self.head, passes=self.inner_passes)
 
 
-@dataclass(frozen=True)
-class MetaPolicy:
-    """A meta-trained policy: its file, hash and record."""
-
-    path: Path
-    sha256: str
-    record: dict[str, Any]
-
-    @property
-    def reference(self) -> str:
-        """``"path#sha256"``: what a strategy's ``loads`` holds."""
-        return f"{self.path}#{self.sha256}"
+#: A meta-trained policy: its file, hash and record.
+MetaPolicy = MetaTrained
 
 
 def meta_train_policy(
@@ -118,7 +108,7 @@ def meta_train_policy(
     record_path, state_path, policy_path = out / "record.json", out / "state.pt", out / "policy.pt"
     if record_path.exists():
         record = json.loads(record_path.read_text())
-        _same(record["identity"], identity, record_path)
+        refuse_other_identity(record["identity"], identity, record_path)
         blob = policy_path.read_bytes()
         return MetaPolicy(policy_path, hashlib.sha256(blob).hexdigest(), record)
     spec = SpotTuneSpec(cfg.lr, policy_lr=0.0)
@@ -130,7 +120,7 @@ def meta_train_policy(
     done, curve, seconds = 0, [], 0.0
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-        _same(json.loads(state["identity"]), identity, state_path)
+        refuse_other_identity(json.loads(state["identity"]), identity, state_path)
         master.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         done, curve, seconds = state["done"], json.loads(state["curve"]), state["seconds"]
@@ -237,7 +227,9 @@ def _save_state(
     atomic_save(path, lambda f: f.write(buffer.getvalue()))
 
 
-def _same(saved: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
+def refuse_other_identity(saved: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
+    """Refuse a saved meta-training run whose identity (settings, backbone, base split)
+    differs from ``identity``, naming the fields that differ."""
     if saved != identity:
         differ = sorted(
             f"{k}.{f}" if isinstance(identity[k], dict) else k
@@ -247,6 +239,6 @@ def _same(saved: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
             != (identity[k][f] if f is not None else identity[k])
         )
         raise ValueError(
-            f"{where} holds a policy meta-trained with other {', '.join(differ)}; use another "
+            f"{where} holds a run meta-trained with other {', '.join(differ)}; use another "
             "directory or remove it to meta-train again"
         )

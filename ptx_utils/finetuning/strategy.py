@@ -21,12 +21,13 @@ from ptx_utils.finetuning.scheme import Scheme
 #: the engines with :class:`NotImplementedError` until their issue lands).
 CLASSIFIERS = (
     "protocol", "linear", "cosine", "ncc-euclidean", "ncc-cosine", "logistic-regression", "maml",
+    "zero-linear",
 )  # fmt: skip
-PLANNED_CLASSIFIERS = ("zero-linear",)
+PLANNED_CLASSIFIERS: tuple[str, ...] = ()
 #: Classifiers fitted without gradient steps on frozen features (:mod:`.closed_form`).
 CLOSED_FORM_CLASSIFIERS = ("ncc-euclidean", "ncc-cosine", "logistic-regression")
-OPTIMIZERS = ("sgd", "adadelta")
-PLANNED_OPTIMIZERS = ("adam",)
+OPTIMIZERS = ("sgd", "adadelta", "adam")
+PLANNED_OPTIMIZERS: tuple[str, ...] = ()
 FEATURE_TRANSFORMS = ("none", "channel-importance")
 PLANNED_FEATURE_TRANSFORMS = ("l2", "feature-norm")
 BN_STATS = ("protocol", "eval", "train", "support", "support+query")
@@ -34,9 +35,10 @@ PLANNED_BN_STATS = ()
 #: ``bn_stats`` values that re-estimate the running statistics on the episode (AdaBN).
 ADAPTIVE_BN_STATS = ("support", "support+query")
 #: Attachments the engines implement (TSA's α and β, :mod:`.adapters`; SpotTune's tuned copies
-#: and policy, :mod:`.spottune`), then planned ones.
-ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune")
-PLANNED_ATTACHMENTS = ("case",)
+#: and policy, :mod:`.spottune`; UpperCaSE's meta-trained CaSE blocks, :mod:`.uppercase`), then
+#: planned ones.
+ATTACHMENTS = ("residual-adapter", "pre-classifier", "spottune", "case")
+PLANNED_ATTACHMENTS: tuple[str, ...] = ()
 #: Attachment options that act only at test time (SpotTune's sampled or argmax decisions).
 TEST_TIME_OPTIONS = {"spottune": ("inference",)}
 
@@ -88,15 +90,19 @@ class Strategy:
             ``"ncc-euclidean"``, ``"ncc-cosine"`` (nearest centroid), ``"logistic-regression"``;
             or ``"maml"``: the backbone and head of the MAML checkpoint in ``loads``, adapted by
             its inner loop (``steps`` full-batch SGD steps at the one rate of the scheme,
-            batch-statistics BN; :mod:`~ptx_utils.finetuning.maml_adapt`).
+            batch-statistics BN; :mod:`~ptx_utils.finetuning.maml_adapt`); or
+            ``"zero-linear"``: UpperCaSE's zero-initialised linear head fitted by Adam.
         optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay), or
-            ``"adadelta"`` (attachments only).
+            ``"adadelta"`` (attachments only), ``"adam"`` (UpperCaSE's head).
         attachments: extra trained or loaded parameters (:class:`Attachment`): TSA's
             ``"residual-adapter"`` (α) and ``"pre-classifier"`` (β), trained by Adadelta on the
             NCC loss (``classifier="ncc-cosine"``) with the backbone frozen
             (:mod:`~ptx_utils.finetuning.adapters`); ``"spottune"``: a tuned copy of every
             block at the attachment's lr and a routing policy, trained with the head by the
-            protocol's SGD (:mod:`~ptx_utils.finetuning.spottune`).
+            protocol's SGD (:mod:`~ptx_utils.finetuning.spottune`); ``"case"``: meta-trained
+            CaSE blocks (``loads``) set by one context pass over the support set, then the
+            ``"zero-linear"`` head fitted by ``"adam"`` for ``steps`` (UpperCaSE,
+            :mod:`~ptx_utils.finetuning.uppercase`).
         feature_transform: a parameter-free transform of the features before the classifier
             (``"channel-importance"``, :mod:`~ptx_utils.finetuning.feature_transform`; frozen
             backbones only);
@@ -187,9 +193,11 @@ class Strategy:
     @property
     def path(self) -> str:
         """How the engines run it: ``"closed-form"``, ``"attachments"`` (TSA, LT+NCC),
-        ``"spottune"``, ``"maml"``, ``"sgd"``."""
+        ``"spottune"``, ``"case"`` (UpperCaSE), ``"maml"``, ``"sgd"``."""
         if self.classifier == "maml":
             return "maml"
+        if any(a.kind == "case" for a in self.attachments):
+            return "case"
         if any(a.kind == "spottune" for a in self.attachments):
             return "spottune"
         if self.attachments:
@@ -223,6 +231,8 @@ class Strategy:
             out.append(f"optimizer {self.optimizer!r}")
         if self.path == "maml":
             out += self._maml_unimplemented()
+        elif self.path == "case":
+            out += self._case_unimplemented()
         elif self.path == "spottune":  # tuned copies, policy and head by the protocol's SGD
             if len(self.attachments) != 1:
                 out.append("spottune with other attachments")
@@ -244,17 +254,35 @@ class Strategy:
                 out.append("an attachment kind given twice")
         elif self.optimizer == "adadelta":
             out.append("optimizer 'adadelta' without attachments")
+        if self.path != "case" and self.classifier == "zero-linear":
+            out.append("classifier 'zero-linear' without CaSE blocks")
+        if self.path != "case" and self.optimizer == "adam":
+            out.append("optimizer 'adam' without CaSE blocks (UpperCaSE's head)")
         if self.feature_transform not in FEATURE_TRANSFORMS:
             out.append(f"feature_transform {self.feature_transform!r}")
         if self.bn_stats not in BN_STATS:
             out.append(f"bn_stats {self.bn_stats!r}")
         out += [f"attachment {a.kind!r}" for a in self.attachments if a.kind not in ATTACHMENTS]
-        if self.loads and self.path not in ("spottune", "maml"):  # their meta-trained parts
+        if self.loads and self.path not in ("spottune", "maml", "case"):  # meta-trained parts
             out.append("meta-trained parts (loads)")
         if self.closed_form and self.scheme.n_trainable_layers:
             out.append(f"classifier {self.classifier!r} with trained layers")
-        if self.steps is not None and self.path not in ("attachments", "maml"):
+        if self.steps is not None and self.path not in ("attachments", "maml", "case"):
             out.append(f"steps {self.steps}")
+        return out
+
+    def _case_unimplemented(self) -> list[str]:
+        out = []
+        if len(self.attachments) != 1:
+            out.append("case with other attachments")
+        if self.classifier != "zero-linear" or self.optimizer != "adam":
+            out.append("case other than UpperCaSE's zero-linear head fitted by Adam")
+        if len(self.loads) != 1 or self.steps is None:
+            out.append("case without one meta-trained CaSE file in loads and its steps")
+        if self.scheme.n_trainable_layers or self.feature_transform != "none":
+            out.append("case with trained layers or a feature transform (frozen backbone)")
+        if self.bn_stats not in ("protocol", "eval"):
+            out.append(f"case with bn_stats {self.bn_stats!r} (eval-mode BN only)")
         return out
 
     def _maml_unimplemented(self) -> list[str]:

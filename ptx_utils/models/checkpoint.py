@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,17 @@ def read_reference(reference: str, what: str, how_to_make: str) -> tuple[Path, b
     if hashlib.sha256(blob).hexdigest() != sha:
         raise ValueError(f"{file} does not match its sha256 {sha[:12]}…: the file changed")
     return file, blob
+
+
+@dataclass(frozen=True)
+class MetaTrained:
+    """A meta-trained part (SpotTune's policy, UpperCaSE's CaSE blocks): file, hash, record."""
+
+    path: Path
+    sha256: str
+    record: dict[str, Any]
+
+    @property
+    def reference(self) -> str:
+        """``"path#sha256"``: what a strategy's ``loads`` holds."""
+        return f"{self.path}#{self.sha256}"
