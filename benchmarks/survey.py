@@ -19,8 +19,10 @@ replica seeds for every strategy; each strategy's rows saved in ``--work`` when 
 interrupted run resumes), then mean ± 95 % CI and the paired difference searched − strategy.
 Logistic regression's convergence is reported as the largest final gradient norm over the test
 episodes; SpotTune beside the strongest fixed strategy, its routing per block and its cost per
-replica on the first ``--routing`` test episodes. The JSON is rewritten after each (target,
-shot), so partial results land; the per-episode rows go to a CSV beside it.
+replica on the first ``--routing`` test episodes; with ``--maml`` / ``--uppercase`` the
+meta-learned rows too (each meta-trained once per shot in ``--work``, resumable). The JSON is
+rewritten after each (target, shot), so partial results land; the per-episode rows go to a CSV
+beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import shlex
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,10 @@ from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_table
 from ptx_utils.evaluation.routing import routing_summary, spottune_routing
 from ptx_utils.finetuning import FinetuneConfig, Replica, finetune_batched, replica_seed
+from ptx_utils.finetuning.case_meta import CaSEMetaConfig, meta_train_case
 from ptx_utils.finetuning.closed_form import fit_logistic_regression
-from ptx_utils.finetuning.fixed import spottune
+from ptx_utils.finetuning.fixed import maml, spottune, uppercase
+from ptx_utils.finetuning.maml_adapt import maml_reference
 from ptx_utils.finetuning.spottune import SpotTuneSpec, build_net, policy_parameters
 from ptx_utils.finetuning.spottune_meta import MetaPolicyConfig, meta_train_policy
 from ptx_utils.models.checkpoint import load_backbone
@@ -164,6 +169,38 @@ def replica_cost(
     return cost
 
 
+def meta_learned_strategies(
+    args: argparse.Namespace, model: Any, split: Any, work: Path, shot: int
+) -> dict[str, Any]:
+    """MAML (meta-trained here, ``--maml``) and UpperCaSE (CaSE blocks meta-trained on
+    ``model``, ``--uppercase``) as strategies for ``shot``, with their training records."""
+    out: dict[str, Any] = {"strategies": {}}
+    n_layers = len(model.layer_names())
+    if args.maml:
+        settings = {"method": "maml", "seed": args.seed, "train_shot": shot, "val_shot": shot,
+                    **json.loads(args.maml)}  # fmt: skip
+        cfg = PretrainConfig.from_dict(settings)
+        result = pretrain(
+            cfg, split(args.train_split), split(args.val_split), work / f"maml-{shot}shot"
+        )
+        reference = maml_reference(result.best_checkpoint.resolve())
+        for n in args.maml_steps:
+            out["strategies"][f"MAML ({n} steps)"] = maml(reference, n_layers, cfg.inner_lr, n)
+        out["maml_meta_training"] = {"config": asdict(cfg), "curves": result.history,
+                                     "best_epoch": result.best_epoch}  # fmt: skip
+    if args.uppercase:
+        settings = {"k_shot": shot, "seed": args.seed, **json.loads(args.uppercase)}
+        blocks = meta_train_case(
+            model, split(args.train_split), CaSEMetaConfig(**settings),
+            work / f"case-meta-{shot}shot", progress=False,
+        )  # fmt: skip
+        out["strategies"]["UpperCaSE"] = uppercase(blocks.reference, n_layers)
+        out["uppercase_meta_training"] = {
+            k: blocks.record[k] for k in ("identity", "curve", "seconds", "case_parameters")
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthetic")
@@ -189,9 +226,26 @@ def main(argv: list[str] | None = None) -> None:
         default=50,
         help="test episodes for SpotTune's routing and cost (0: none)",
     )
-    p.add_argument("--spottune-meta", default=None,
-                   help='meta-train SpotTune\'s policy on --train-split first and add it, e.g. '
-                        '\'{"episodes": 500}\' (ptx_utils.finetuning.spottune_meta)')
+    p.add_argument(
+        "--spottune-meta",
+        default=None,
+        help="meta-train SpotTune's policy on --train-split first and add it, e.g. "
+        "'{\"episodes\": 500}' (ptx_utils.finetuning.spottune_meta)",
+    )
+    p.add_argument(
+        "--maml",
+        default=None,
+        help="meta-train MAML on --train-split (PretrainConfig settings over "
+        '{"method": "maml"}, e.g. \'{"epochs": 30, "inner_steps": 1}\') and add '
+        "MAML at each of --maml-steps",
+    )
+    p.add_argument("--maml-steps", type=int, nargs="+", default=[5, 10, 25, 50, 100])
+    p.add_argument(
+        "--uppercase",
+        default=None,
+        help="meta-train CaSE blocks on the backbone with --train-split episodes "
+        "(CaSEMetaConfig settings, e.g. '{\"episodes\": 800}') and add UpperCaSE",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
@@ -250,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                     strategies[name] = spottune(
                         n, head_lr=head, policy=policy.reference, policy_lr=0.0, inference=mode
                     )
+            meta_learned = meta_learned_strategies(args, model, split, work, shot)
+            strategies.update(meta_learned.pop("strategies"))
             test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
             evaluation = evaluate_strategies(
                 model, strategies, test, test_eps, protocol, runtime,
@@ -288,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
                     },
                     "logistic_regression": logistic_gradient_norms(model, test, test_eps),
                     **({"spottune_meta_policy": meta_record} if meta_record else {}),
+                    **meta_learned,
                     **(
                         {
                             "spottune": spottune_section(

@@ -30,12 +30,19 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
         "--val-episodes", "2", "--search-passes", "1", "--passes", "2", "--test-episodes", "3",
         "--strategy-set", "all", "--work", str(tmp_path / "work"), "--out", str(out),
         "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "2",
+        "--maml", '{"epochs": 1, "episodes_per_epoch": 2, "train_query": 2, "inner_steps": 1, '
+                  '"meta_batch": 2, "val_episodes": 2, "val_query": 2}', "--maml-steps", "2", "3",
+        "--uppercase", '{"episodes": 2, "n_query": 2, "head_steps": 2, "tasks_per_step": 1, '
+                       '"checkpoint_every": 1}',
     ]  # fmt: skip
     _script(repo_root, "survey").main(args)
     record = json.loads(out.read_text())
     (result,) = record["results"]
     names = [row["strategy"] for row in result["summary"]]
     assert names[0] == "searched" and "TSA" in names and "logistic regression" in names
+    assert names[-3:] == ["MAML (2 steps)", "MAML (3 steps)", "UpperCaSE"]
+    assert result["maml_meta_training"]["config"]["method"] == "maml"
+    assert result["uppercase_meta_training"]["case_parameters"] == 4 * 2400
     assert [r["reference"] for r in result["searched_minus"]] == names[1:]
     assert result["strongest_other"]["strategy"] in names[1:]
     assert result["logistic_regression"]["max_grad_norm"] < 1e-6
