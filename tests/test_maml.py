@@ -258,3 +258,28 @@ def test_notebook_03_adds_maml_rows_for_a_maml_backbone(maml_run, tiny, tmp_path
         PretrainConfig.from_dict(_cfg(epochs=1).__dict__ | {"method": "protonet"}), *tiny, tmp_path
     )
     assert len(transfer_strategies(Scheme((0.0,) * 4), pretrained=tmp_path / "best.pt")) == 5
+
+
+def test_saved_rows_follow_a_moved_checkpoint(maml_run, test_episodes, tmp_path) -> None:
+    """A run directory moved elsewhere: its MAML checkpoint has another path, the same hash,
+    so the rows saved for it are reused, not refused."""
+    reference, backbone = maml_run
+    test, episodes = test_episodes
+    saved = tmp_path / "transfer"
+    first = evaluate_strategies(
+        backbone, {"MAML": maml(reference, 4, lr=0.2, steps=2)}, test, episodes,
+        runtime=QUIET, checkpoint_dir=saved,
+    ).rows  # fmt: skip
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(Path(reference.rpartition("#")[0]).read_bytes())
+    stamps = {p: p.stat().st_mtime_ns for p in saved.iterdir()}
+    again = evaluate_strategies(
+        backbone, {"MAML": maml(maml_reference(moved), 4, lr=0.2, steps=2)}, test, episodes,
+        runtime=QUIET, checkpoint_dir=saved,
+    ).rows  # fmt: skip
+    assert again.equals(first) and {p: p.stat().st_mtime_ns for p in saved.iterdir()} == stamps
+    with pytest.raises(ValueError, match="other settings"):  # another step count: refused
+        evaluate_strategies(
+            backbone, {"MAML": maml(reference, 4, lr=0.2, steps=3)}, test, episodes,
+            runtime=QUIET, checkpoint_dir=saved,
+        )  # fmt: skip

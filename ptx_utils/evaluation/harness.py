@@ -205,7 +205,7 @@ def _evaluate_resumable(
             if (
                 saved != expected
                 or saved_strategy is None
-                or (Strategy.from_dict(saved_strategy) != strategy)
+                or Strategy.from_dict(saved_strategy).portable() != strategy.portable()
             ):
                 raise ValueError(
                     f"{meta_path} holds strategy {name!r} for other settings (episodes, seed, "

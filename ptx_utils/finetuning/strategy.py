@@ -204,6 +204,12 @@ class Strategy:
             return "attachments"
         return "closed-form" if self.closed_form else "sgd"
 
+    def portable(self) -> Strategy:
+        """This strategy with each ``loads`` reference reduced to its hash: equal for a run
+        directory moved elsewhere (the same files under another path), so saved rows still
+        match it."""
+        return replace(self, loads=tuple("#" + ref.rpartition("#")[2] for ref in self.loads))
+
     def trained_as(self) -> Strategy:
         """This strategy without its test-time-only options (:data:`TEST_TIME_OPTIONS`): two
         strategies with equal ``trained_as()`` train alike, so the engines train them once."""
