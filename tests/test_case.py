@@ -152,15 +152,16 @@ def test_uppercase_batched_equals_sequential(backbone, trained, shot) -> None:
     strategy = uppercase(trained.reference, 4, steps=7)
     replicas = [Replica(strategy, e, seed=10 + e) for e in range(3)]
     tensors = (t.support_images, t.support_labels, t.query_images)
-    batched = finetune_batched(backbone, replicas, *tensors, 5, progress=False, record=[0, 3])
+    batched = finetune_batched(backbone, replicas, *tensors, 5, progress=False, record=[0, 3, 7])
     for e in range(3):
         seq = finetune_sequential(
             backbone, strategy, t.support_images[e], t.support_labels[e], t.query_images[e], 5,
-            seed=10 + e, record=[0, 3],
+            seed=10 + e, record=[0, 3, 7],
         )  # fmt: skip
         torch.testing.assert_close(batched.logits[e], seq.logits, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(batched.recorded[e], seq.recorded, atol=1e-4, rtol=1e-4)
         assert torch.equal(seq.recorded[0], torch.zeros_like(seq.recorded[0]))  # zero head
+        assert torch.equal(seq.recorded[-1], seq.logits)  # a point at the last step: the end
 
 
 def test_fresh_blocks_make_uppercase_a_head_on_frozen_features(backbone, tmp_path) -> None:

@@ -33,6 +33,7 @@ _COMMON: dict[str, Any] = {
     "val_split": "val",
     "novel_split": "test",
     "strategy_set": "all",
+    "case_meta": None,
 }
 
 # Pre-training settings per preset (keys of ptx_utils.pretraining.PretrainConfig); notebooks merge

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -37,9 +38,11 @@ from ptx_utils.finetuning import (
     nearest_centroid,
     spottune,
     tsa,
+    uppercase,
     with_adabn,
     with_channel_importance,
 )
+from ptx_utils.finetuning.case_meta import CaSEMetaConfig, meta_train_case
 from ptx_utils.finetuning.maml_adapt import maml_reference
 from ptx_utils.models import Backbone
 from ptx_utils.models.checkpoint import load_checkpoint
@@ -128,6 +131,21 @@ def transfer_strategies(
     if pretrained is not None:
         named.update(maml_strategies(pretrained, len(searched.lrs)))
     return named
+
+
+def uppercase_strategies(
+    run_dir: str | Path,
+    backbone: Backbone,
+    base: FewShotDataset,
+    settings: Mapping[str, Any],
+    k_shot: int,
+) -> dict[str, Strategy]:
+    """UpperCaSE for ``k_shot``: CaSE blocks meta-trained on ``base`` episodes of that shot
+    (``settings``: :class:`~ptx_utils.finetuning.case_meta.CaSEMetaConfig` fields; resumable, and
+    loaded when done, in ``run_dir/case/<k>shot``), as a strategy named ``"UpperCaSE"``."""
+    cfg = CaSEMetaConfig(**{"k_shot": k_shot, **settings})
+    blocks = meta_train_case(backbone, base, cfg, Path(run_dir) / "case" / f"{k_shot}shot")
+    return {"UpperCaSE": uppercase(blocks.reference, len(backbone.layer_names()))}
 
 
 #: MAML's test-time step counts beside the one it was meta-trained with (CloserLook: 100).
