@@ -138,26 +138,12 @@ def finetune_batched(
     try:
         for (protocol, variant), members in protocols.items():
             group = [replicas[i] for i in members]
-            if variant.path == "spottune":
-                out, div = _run_spottune(
+            if variant.path in _CHUNKED:
+                run = _chunk_runner(
                     backbone, group, support_images, support_labels, query_images, n_way,
-                    protocol, chunk_size, vectorize, bar, points,
+                    protocol, variant, vectorize, points,
                 )  # fmt: skip
-            elif variant.path == "case":
-                out, div = _run_case(
-                    backbone, group, support_images, support_labels, query_images, n_way,
-                    chunk_size, bar, points,
-                )  # fmt: skip
-            elif variant.path == "maml":
-                out, div = _run_maml(
-                    group, support_images, support_labels, query_images, n_way, chunk_size,
-                    vectorize, bar, points,
-                )  # fmt: skip
-            elif variant.path == "attachments":
-                out, div = _run_attachments(
-                    backbone, group, support_images, support_labels, query_images, n_way,
-                    variant, chunk_size, vectorize, bar, points,
-                )  # fmt: skip
+                out, div = _run_in_chunks(group, chunk_size or _ATTACHMENT_CHUNK, bar, run)
             elif variant.path == "closed-form":
                 out, div = _run_closed_form(
                     backbone, group, support_images, support_labels, query_images, n_way,
@@ -217,7 +203,7 @@ def chunk_plan(
         group = [replicas[i] for i in members]
         if variant.path == "closed-form":
             plan.append(members)
-        elif variant.path in ("attachments", "spottune", "case", "maml"):
+        elif variant.path in _CHUNKED:
             order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
             size = chunk_size or _ATTACHMENT_CHUNK
             plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
@@ -235,8 +221,11 @@ def chunk_plan(
 
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
 
-#: Replicas an attachment or SpotTune chunk trains at once when ``chunk_size`` is None.
+#: Replicas an attachment, SpotTune, CaSE or MAML chunk trains at once when ``chunk_size`` is None.
 _ATTACHMENT_CHUNK = 16
+
+#: The paths trained chunk by chunk by their own engine (:func:`_chunk_runner`).
+_CHUNKED = ("attachments", "spottune", "case", "maml")
 
 
 def _run_in_chunks(
@@ -260,33 +249,7 @@ def _run_in_chunks(
     return torch.cat(logits)[inverse], torch.cat(diverged)[inverse]
 
 
-def _run_attachments(
-    backbone: Backbone,
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    variant: Variant,
-    chunk_size: int | None,
-    vectorize: str,
-    bar: Any,
-    record: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.adapters.adapt_batched` chunk by chunk: logits (R, S, Q, n_way), diverged (R,)."""
-    episodes = [r.episode for r in replicas]
-    stats = episodes_statistics(backbone, episodes, support_images, query_images, variant.bn_stats)
-    return _run_in_chunks(
-        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
-        lambda idx: adapt_batched(
-            backbone, [as_strategy(replicas[i].strategy) for i in idx],
-            [replicas[i].episode for i in idx], support_images, support_labels, query_images,
-            n_way, stats or None, vectorize, record,
-        ),
-    )  # fmt: skip
-
-
-def _run_spottune(
+def _chunk_runner(
     backbone: Backbone,
     replicas: Sequence[Replica],
     support_images: torch.Tensor,
@@ -294,65 +257,42 @@ def _run_spottune(
     query_images: torch.Tensor,
     n_way: int,
     cfg: FinetuneConfig,
-    chunk_size: int | None,
+    variant: Variant,
     vectorize: str,
-    bar: Any,
-    record: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.spottune.spottune_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
-    return _run_in_chunks(
-        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
-        lambda idx: spottune_batched(
-            backbone, [as_strategy(replicas[i].strategy) for i in idx],
-            [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
-            support_images, support_labels, query_images, n_way, cfg, vectorize, record,
-        )[:2],
-    )  # fmt: skip
+    record: tuple[int, ...],
+) -> Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]:
+    """The engine of ``variant.path`` (attachments, SpotTune, CaSE, MAML) on the replicas at
+    ``idx``: ``run(idx)`` -> logits (len(idx), S, Q, n_way), diverged (len(idx),)."""
+    episode_tensors = (support_images, support_labels, query_images, n_way)
 
+    def picked(idx: list[int]) -> tuple[list[Strategy], list[int], list[int]]:
+        chosen = [replicas[i] for i in idx]
+        strategies = [as_strategy(r.strategy) for r in chosen]
+        return strategies, [r.episode for r in chosen], [r.seed for r in chosen]
 
-def _run_case(
-    backbone: Backbone,
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    chunk_size: int | None,
-    bar: Any,
-    record: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.uppercase.uppercase_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
-    return _run_in_chunks(
-        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
-        lambda idx: uppercase_batched(
-            backbone, [as_strategy(replicas[i].strategy) for i in idx],
-            [replicas[i].episode for i in idx], [replicas[i].seed for i in idx],
-            support_images, support_labels, query_images, n_way, record,
-        ),
-    )  # fmt: skip
+    if variant.path == "attachments":
+        episodes = [r.episode for r in replicas]
+        stats = episodes_statistics(
+            backbone, episodes, support_images, query_images, variant.bn_stats
+        )
 
+        def attachments(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+            strategies, eps, _ = picked(idx)
+            return adapt_batched(
+                backbone, strategies, eps, *episode_tensors, stats or None, vectorize, record
+            )
 
-def _run_maml(
-    replicas: Sequence[Replica],
-    support_images: torch.Tensor,
-    support_labels: torch.Tensor,
-    query_images: torch.Tensor,
-    n_way: int,
-    chunk_size: int | None,
-    vectorize: str,
-    bar: Any,
-    record: tuple[int, ...] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.maml_adapt.maml_batched` chunk by chunk: logits (R, S, Q, n_way), diverged."""
-    cpu = support_images.device.type == "cpu"
-    loop = vectorize == "loop" or (vectorize == "auto" and cpu)
-    return _run_in_chunks(
-        replicas, chunk_size or _ATTACHMENT_CHUNK, bar,
-        lambda idx: maml_batched(
-            [as_strategy(replicas[i].strategy) for i in idx], [replicas[i].episode for i in idx],
-            support_images, support_labels, query_images, n_way, not loop, record,
-        ),
-    )  # fmt: skip
+        return attachments
+    if variant.path == "spottune":
+        return lambda idx: spottune_batched(
+            backbone, *picked(idx), *episode_tensors, cfg, vectorize, record
+        )[:2]
+    if variant.path == "case":
+        return lambda idx: uppercase_batched(backbone, *picked(idx), *episode_tensors, record)
+    if variant.path == "maml":
+        loop = vectorize == "loop" or (vectorize == "auto" and support_images.device.type == "cpu")
+        return lambda idx: maml_batched(*picked(idx)[:2], *episode_tensors, not loop, record)
+    raise ValueError(f"no chunked engine for path {variant.path!r}")
 
 
 # -- closed-form strategies ---------------------------------------------------------------------
