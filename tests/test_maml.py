@@ -13,9 +13,16 @@ from torch.func import functional_call
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import FewShotDataset, load_dataset
 from ptx_utils.data.augment import normalize
-from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.data.episodes import EpisodeSetting, sample_episodes
 from ptx_utils.evaluation import evaluate_steps, evaluate_strategies
-from ptx_utils.finetuning import Replica, Scheme, Strategy, finetune_batched, maml
+from ptx_utils.finetuning import (
+    FinetuneConfig,
+    Replica,
+    Scheme,
+    Strategy,
+    finetune_batched,
+    maml,
+)
 from ptx_utils.finetuning.maml_adapt import maml_net, maml_reference
 from ptx_utils.finetuning.sequential import finetune_sequential
 from ptx_utils.models import create_backbone, create_head
@@ -31,6 +38,7 @@ from ptx_utils.pretraining.maml import (
     meta_gradients,
     meta_gradients_loop,
 )
+from ptx_utils.steps import domain_shift
 from ptx_utils.steps.transfer import transfer_strategies
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -283,3 +291,19 @@ def test_saved_rows_follow_a_moved_checkpoint(maml_run, test_episodes, tmp_path)
             backbone, {"MAML": maml(reference, 4, lr=0.2, steps=3)}, test, episodes,
             runtime=QUIET, checkpoint_dir=saved,
         )  # fmt: skip
+
+
+def test_notebook_04_adds_maml_rows_for_a_maml_backbone(maml_run, tmp_path: Path) -> None:
+    reference, backbone = maml_run
+    targets = domain_shift.shift_targets("synthetic", [1.0], [], "val", "test", 3, 16)
+    result = domain_shift.run_domain_shift(
+        backbone, targets, val=EpisodeSetting(5, 1, 2, 2), test=EpisodeSetting(5, 1, 2, 2),
+        settings={"population": 2, "generations": 1, "top_k": 1},
+        cfg=FinetuneConfig(head="cosine", passes=1), run_dir=tmp_path, runtime=QUIET,
+        pretrained=reference.rpartition("#")[0],
+    )  # fmt: skip
+    strategies = list(result.summary["strategy"])
+    assert strategies[-2:] == ["MAML (2 steps)", "MAML (100 steps)"] and len(strategies) == 7
+    assert result.summary["n"].eq(2).all() and result.summary["mean"].between(0, 1).all()
+    record = (tmp_path / "results" / "domain_shift_provenance.json").read_text()
+    assert '"MAML (100 steps)"' in record

@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from ptx_utils.plots.common import OKABE_ITO, accuracy_errorbar, strategy_palette
+from ptx_utils.plots.common import OKABE_ITO, accuracy_errorbar, legend_below, strategy_palette
 from ptx_utils.steps.analysis import RunCollection, transfer_table
 
 
@@ -70,7 +70,7 @@ def shift_overview(collection: RunCollection) -> Figure:
         fig, axes = plt.subplots(
             2,
             len(runs),
-            figsize=(0.8 + 3.8 * len(runs), 5.4),
+            figsize=(max(7.5, 0.8 + 3.8 * len(runs)), 5.4),
             squeeze=False,
             gridspec_kw={"height_ratios": [2, 1]},
         )
@@ -92,8 +92,7 @@ def shift_overview(collection: RunCollection) -> Figure:
                 ylabel="layers fine-tuned\n(searched)", xlabel="target (growing shift →)"
             )
             axes[1][j].yaxis.get_major_locator().set_params(integer=True)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
+        legend_below(fig, axes[0][0], ncol=max(3, 2 * len(runs)))
     return fig
 
 

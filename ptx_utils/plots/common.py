@@ -91,3 +91,17 @@ def accuracy_errorbar(ax: Any, x: Any, part: Any, name: str, color: str, lw: flo
         label=name,
         lw=lw,
     )
+
+
+def legend_below(fig: Figure, ax: Any, ncol: int = 3, fontsize: int = 7) -> None:
+    """``ax``'s legend below every panel of ``fig``, clear of the data, in at most ``ncol``
+    columns that fit the figure's width (it grows taller by the legend's rows), then a tight
+    layout above it."""
+    handles, labels = ax.get_legend_handles_labels()
+    width, height = fig.get_size_inches()
+    column = 0.5 + 0.06 * fontsize * max(map(len, labels), default=1) / 7  # inches, estimated
+    ncol = max(1, min(ncol, len(labels), int(width // column)))
+    extra = 0.16 * -(-len(labels) // ncol) + 0.08  # inches: rows of 7-point text and a margin
+    fig.set_size_inches(width, height + extra)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=fontsize, frameon=False)
+    fig.tight_layout(rect=(0, extra / (height + extra), 1, 1))

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from ptx_utils.plots.common import (
     OKABE_ITO,
     accuracy_errorbar,
+    legend_below,
     lr_code,
     rate_colormap,
     short_label,
@@ -85,7 +86,6 @@ def shift_figure(summary: Any, title: str | None = None, n_layers: int | None = 
         ylabel="test accuracy (%) ± 95% CI",
         title="accuracy per strategy",
     )
-    ax.legend(fontsize=7)
     searched = summary[summary["strategy"] == "searched"].set_index("target").reindex(targets)
     ax_n.bar(x, searched["n_trainable"], color=palette.get("searched", OKABE_ITO[5]))
     ax_n.set_xticks(x, targets, rotation=20)
@@ -95,5 +95,5 @@ def shift_figure(summary: Any, title: str | None = None, n_layers: int | None = 
     ax_n.yaxis.get_major_locator().set_params(integer=True)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    legend_below(fig, ax)
     return fig

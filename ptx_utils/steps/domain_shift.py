@@ -24,7 +24,7 @@ from ptx_utils.models import Backbone
 from ptx_utils.search import SearchResult, search
 from ptx_utils.steps.common import val_seed
 from ptx_utils.steps.searching import search_config
-from ptx_utils.steps.transfer import transfer_strategies
+from ptx_utils.steps.transfer import maml_strategies, transfer_strategies
 
 #: Columns of ``domain_shift_summary.csv`` (:func:`run_domain_shift`).
 SHIFT_SUMMARY_COLUMNS = (
@@ -174,6 +174,7 @@ def run_domain_shift(
     runtime: Runtime | None = None,
     strategy_set: str = "paper",
     routing_episodes: int = 20,
+    pretrained: str | Path | None = None,
 ) -> DomainShiftResult:
     """Search a scheme on each target's validation classes (episodes ``val``), then test it beside
     the fixed strategies on the target's novel classes (episodes ``test``); write everything.
@@ -185,7 +186,8 @@ def run_domain_shift(
     and tests and keeps those files; with other settings it refuses before any work.
     ``strategy_set`` chooses the strategies beside the searched scheme
     (:func:`~.transfer.transfer_strategies`); with SpotTune among them, where it routes on the
-    first ``routing_episodes`` test episodes goes to ``domain_shift_routing.csv``.
+    first ``routing_episodes`` test episodes goes to ``domain_shift_routing.csv``;
+    ``pretrained``, the backbone's checkpoint, adds MAML's own adaptation when it is a MAML one.
     """
     runtime = Runtime() if runtime is None else runtime
     seed = runtime.seed
@@ -201,6 +203,7 @@ def run_domain_shift(
         "routing": results / "domain_shift_routing.csv",
     }
     config = search_config(settings, "evolution", seed)
+    meta_learned = maml_strategies(pretrained, len(backbone.layer_names())) if pretrained else {}
     record = json_text(
         provenance(
             seed=seed,
@@ -216,6 +219,7 @@ def run_domain_shift(
             finetune_config=asdict(cfg),
             strategy_set=strategy_set,
             routing_episodes=routing_episodes,
+            **({"meta_learned": sorted(meta_learned)} if meta_learned else {}),
         )
     )
     what, fix = "domain-shift results", "use a new run directory"
@@ -235,7 +239,7 @@ def run_domain_shift(
         )
         searches[target.label] = result
         best = result.best
-        strategies = transfer_strategies(best.scheme, strategy_set=strategy_set)
+        strategies = {**transfer_strategies(best.scheme, strategy_set=strategy_set), **meta_learned}
         test_episodes = test.sample(target.test, seed=seed)
         rows = evaluate_strategies(
             backbone, strategies, target.test, test_episodes, cfg,
