@@ -54,7 +54,9 @@ def routing_figure(
             ax.plot(
                 np.arange(1, rates.size + 1), rates, marker="s", ms=4, color=color, label=target
             )
+    top = max([max(rates, default=0.0) for rates in searched.values()], default=0.0)
     ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(-2e-4, max(2.0 * top, 1e-2))  # rates are never negative; 0 sits at the bottom
     ax.set(xlabel="block", ylabel="learning rate (0 = frozen)", title="searched scheme")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
