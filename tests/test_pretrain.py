@@ -11,6 +11,7 @@ import torch
 
 from ptx_utils.data import FewShotDataset, load_dataset
 from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.data.errors import DataError
 from ptx_utils.models import create_backbone
 from ptx_utils.models.checkpoint import CheckpointError, load_backbone, load_checkpoint
 from ptx_utils.models.features import nearest_centroid_accuracy
@@ -109,6 +110,19 @@ def test_unknown_settings_are_refused() -> None:
         PretrainConfig.from_dict({"epoch_count": 3})
     with pytest.raises(ValueError, match="unknown method 'reptile'"):
         PretrainConfig(method="reptile")
+
+
+@pytest.mark.parametrize("method", ["protonet", "maml"])
+def test_episodes_a_split_cannot_supply_are_refused_before_any_work(
+    method: str, tiny, tmp_path: Path
+) -> None:
+    """20 images a class (like Omniglot's drawings): 5-shot 16-query training episodes need 21."""
+    cfg = _cfg(method=method, train_shot=5, train_query=16)
+    with pytest.raises(DataError, match=r"train_shot \+ train_query must be at most 20"):
+        pretrain(cfg, *tiny, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(DataError, match=r"val_query=16; the smallest class has 20"):
+        pretrain(_cfg(val_shot=5, val_query=16), *tiny, tmp_path / "run")
 
 
 def test_smoke_preset_learns_beyond_chance_and_beyond_its_initialisation(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ from ptx_utils.core.provenance import provenance
 from ptx_utils.core.stats import mean_ci95
 from ptx_utils.data.augment import Augmentation, augment, normalize
 from ptx_utils.data.base import FewShotDataset
-from ptx_utils.data.episodes import sample_episodes
+from ptx_utils.data.episodes import check_episode_parameters, sample_episodes
+from ptx_utils.data.errors import DataError
 from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
@@ -292,6 +293,23 @@ def write_curves(history: list[dict[str, float]], out_dir: Path) -> None:
     atomic_save(out_dir / "curves.csv", lambda f: f.write(buffer.getvalue().encode()))
 
 
+def _check_episodes(cfg: PretrainConfig, train: FewShotDataset, val: FewShotDataset) -> None:
+    """Refuse, before any work, episodes a split cannot supply, naming the config's fields."""
+    wanted = [("val", val, cfg.val_way, cfg.val_shot, cfg.val_query)]
+    if cfg.method in ("protonet", "maml"):
+        wanted.insert(0, ("train", train, cfg.train_way, cfg.train_shot, cfg.train_query))
+    for part, data, way, shot, query in wanted:
+        try:
+            check_episode_parameters(data, way, shot, query)
+        except DataError as exc:
+            fewest = int(data.class_counts().min()) if data.num_classes else 0
+            raise DataError(
+                f"{exc} (PretrainConfig {part}_way={way}, {part}_shot={shot}, "
+                f"{part}_query={query}; the smallest class has {fewest} images, so "
+                f"{part}_shot + {part}_query must be at most {fewest})"
+            ) from None
+
+
 def pretrain(
     cfg: PretrainConfig,
     train: FewShotDataset,
@@ -304,6 +322,7 @@ def pretrain(
     Resumes from ``out_dir/last.pt`` when it exists (same config, except the epoch count).
     ``until_epoch`` stops after that epoch (state saved), e.g. to split a run into short jobs.
     """
+    _check_episodes(cfg, train, val)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(cfg, train)
