@@ -3,6 +3,7 @@ run, meta-training resumes exactly, and its checkpoint serves the kit's eval-mod
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -305,5 +306,14 @@ def test_notebook_04_adds_maml_rows_for_a_maml_backbone(maml_run, tmp_path: Path
     strategies = list(result.summary["strategy"])
     assert strategies[-2:] == ["MAML (2 steps)", "MAML (100 steps)"] and len(strategies) == 7
     assert result.summary["n"].eq(2).all() and result.summary["mean"].between(0, 1).all()
-    record = (tmp_path / "results" / "domain_shift_provenance.json").read_text()
-    assert '"MAML (100 steps)"' in record
+    record = json.loads((tmp_path / "results" / "domain_shift_provenance.json").read_text())
+    sha = reference.rpartition("#")[2]
+    assert record["meta_learned"] == {f"MAML ({n} steps)": [f"#{sha}"] for n in (2, 100)}
+    with pytest.raises(ValueError, match="has 5 outputs but the episodes are 3-way"):
+        domain_shift.run_domain_shift(
+            backbone, targets, val=EpisodeSetting(3, 1, 2, 2), test=EpisodeSetting(3, 1, 2, 2),
+            settings={"population": 2, "generations": 1, "top_k": 1},
+            cfg=FinetuneConfig(head="cosine", passes=1), run_dir=tmp_path / "3way",
+            runtime=QUIET, pretrained=reference.rpartition("#")[0],
+        )  # fmt: skip
+    assert not (tmp_path / "3way").exists()  # refused before any work

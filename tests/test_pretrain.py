@@ -123,6 +123,10 @@ def test_episodes_a_split_cannot_supply_are_refused_before_any_work(
     assert not (tmp_path / "run").exists()
     with pytest.raises(DataError, match=r"val_query=16; the smallest class has 20"):
         pretrain(_cfg(val_shot=5, val_query=16), *tiny, tmp_path / "run")
+    no_size_advice = r"fewer than n_way=6.*val_way=6, val_shot=1, val_query=5\)$"
+    with pytest.raises(DataError, match=no_size_advice):
+        pretrain(_cfg(val_way=6), *tiny, tmp_path / "run")  # 5 classes: their size is not it
+    assert not (tmp_path / "run").exists()
 
 
 def test_smoke_preset_learns_beyond_chance_and_beyond_its_initialisation(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Replica by replica it gives the query logits of
 by how their strategies run (:attr:`~ptx_utils.finetuning.Strategy.path`): SGD in vmapped chunks
 (:mod:`.sgd_chunks`), closed-form classifiers fitted on every episode's frozen features at once
 (:mod:`.closed_form`), attachments trained by a functional Adadelta (:mod:`.adapters`),
-SpotTune's copies and policy by the functional SGD (:mod:`.spottune`).
+SpotTune's copies and policy by the functional SGD (:mod:`.spottune`), CaSE's heads
+(:mod:`.uppercase`) and MAML's inner loop (:mod:`.maml_adapt`) chunk by chunk.
 How it works and what it saves: ``docs/engine.md``.
 """
 
@@ -143,7 +144,7 @@ def finetune_batched(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     protocol, variant, vectorize, points,
                 )  # fmt: skip
-                out, div = _run_in_chunks(group, chunk_size or _ATTACHMENT_CHUNK, bar, run)
+                out, div = _run_in_chunks(group, chunk_size or _CHUNK, bar, run)
             elif variant.path == "closed-form":
                 out, div = _run_closed_form(
                     backbone, group, support_images, support_labels, query_images, n_way,
@@ -205,7 +206,7 @@ def chunk_plan(
             plan.append(members)
         elif variant.path in _CHUNKED:
             order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
-            size = chunk_size or _ATTACHMENT_CHUNK
+            size = chunk_size or _CHUNK
             plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
         else:
             names = backbone.layer_names()
@@ -222,7 +223,7 @@ def chunk_plan(
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
 
 #: Replicas an attachment, SpotTune, CaSE or MAML chunk trains at once when ``chunk_size`` is None.
-_ATTACHMENT_CHUNK = 16
+_CHUNK = 16
 
 #: The paths trained chunk by chunk by their own engine (:func:`_chunk_runner`).
 _CHUNKED = ("attachments", "spottune", "case", "maml")

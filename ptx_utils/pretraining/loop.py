@@ -302,12 +302,15 @@ def _check_episodes(cfg: PretrainConfig, train: FewShotDataset, val: FewShotData
         try:
             check_episode_parameters(data, way, shot, query)
         except DataError as exc:
+            fields = f"PretrainConfig {part}_way={way}, {part}_shot={shot}, {part}_query={query}"
             fewest = int(data.class_counts().min()) if data.num_classes else 0
-            raise DataError(
-                f"{exc} (PretrainConfig {part}_way={way}, {part}_shot={shot}, "
-                f"{part}_query={query}; the smallest class has {fewest} images, so "
-                f"{part}_shot + {part}_query must be at most {fewest})"
-            ) from None
+            too_small = shot + query > fewest and shot >= 1 and query >= 0
+            if too_small and data.num_classes >= way >= 1:  # the classes are what is short
+                fields += (
+                    f"; the smallest class has {fewest} images, so {part}_shot + {part}_query "
+                    f"must be at most {fewest}"
+                )
+            raise DataError(f"{exc} ({fields})") from None
 
 
 def pretrain(

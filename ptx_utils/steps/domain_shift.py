@@ -203,7 +203,10 @@ def run_domain_shift(
         "routing": results / "domain_shift_routing.csv",
     }
     config = search_config(settings, "evolution", seed)
-    meta_learned = maml_strategies(pretrained, len(backbone.layer_names())) if pretrained else {}
+    meta_learned = (
+        {} if pretrained is None
+        else maml_strategies(pretrained, len(backbone.layer_names()), n_way=test.n_way)
+    )  # fmt: skip
     record = json_text(
         provenance(
             seed=seed,
@@ -219,7 +222,11 @@ def run_domain_shift(
             finetune_config=asdict(cfg),
             strategy_set=strategy_set,
             routing_episodes=routing_episodes,
-            **({"meta_learned": sorted(meta_learned)} if meta_learned else {}),
+            **(  # which checkpoint, by hash: another one is refused before any work
+                {"meta_learned": {n: list(s.portable().loads) for n, s in meta_learned.items()}}
+                if meta_learned
+                else {}
+            ),
         )
     )
     what, fix = "domain-shift results", "use a new run directory"

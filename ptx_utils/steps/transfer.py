@@ -152,13 +152,22 @@ def uppercase_strategies(
 MAML_TEST_STEPS = (100,)
 
 
-def maml_strategies(checkpoint: str | Path, n_layers: int) -> dict[str, Strategy]:
+def maml_strategies(
+    checkpoint: str | Path, n_layers: int, n_way: int | None = None
+) -> dict[str, Strategy]:
     """MAML's own adaptation of a MAML checkpoint: its meta-training inner steps and
-    :data:`MAML_TEST_STEPS`, at its inner rate; nothing for a checkpoint of another method."""
+    :data:`MAML_TEST_STEPS`, at its inner rate; nothing for a checkpoint of another method.
+    ``n_way``, when given, is checked against the head's outputs before any work."""
     ckpt = load_checkpoint(checkpoint)
     if ckpt["meta"].get("method") != "maml":
         return {}
     config = ckpt["meta"]["config"]
+    outputs = int(ckpt["head"]["weight"].shape[0])
+    if n_way is not None and outputs != n_way:
+        raise ValueError(
+            f"the MAML head of {checkpoint} has {outputs} outputs but the episodes are "
+            f"{n_way}-way; use n_way={outputs} or meta-train with train_way={n_way}"
+        )
     reference = maml_reference(Path(checkpoint).resolve())
     counts = dict.fromkeys((int(config["inner_steps"]), *MAML_TEST_STEPS))
     return {
