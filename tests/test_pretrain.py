@@ -121,9 +121,9 @@ def test_episodes_a_split_cannot_supply_are_refused_before_any_work(
     with pytest.raises(DataError, match=r"train_shot \+ train_query must be at most 20"):
         pretrain(cfg, *tiny, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    with pytest.raises(DataError, match=r"val_query=16; the smallest class has 20"):
+    with pytest.raises(DataError, match=r"val_shot \+ val_query = 21 images.*the smallest has 20"):
         pretrain(_cfg(val_shot=5, val_query=16), *tiny, tmp_path / "run")
-    no_size_advice = r"fewer than n_way=6.*val_way=6, val_shot=1, val_query=5\)$"
+    no_size_advice = r"fewer than val_way=6; lower val_way or use a split with more classes$"
     with pytest.raises(DataError, match=no_size_advice):
         pretrain(_cfg(val_way=6), *tiny, tmp_path / "run")  # 5 classes: their size is not it
     assert not (tmp_path / "run").exists()

@@ -122,27 +122,34 @@ class Episodes:
 
 
 def check_episode_parameters(
-    dataset: FewShotDataset, n_way: int, k_shot: int, n_query: int
+    dataset: FewShotDataset,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    names: tuple[str, str, str] = ("n_way", "k_shot", "n_query"),
 ) -> None:
-    """Raise a :class:`DataError` saying what to change when the split cannot supply episodes."""
+    """Raise a :class:`DataError` saying what to change when the split cannot supply episodes;
+    ``names``: what the caller calls the three numbers (e.g. a config's fields)."""
+    way, shot, query = names
     if n_way < 1 or k_shot < 1 or n_query < 0:
         raise DataError(
-            f"need n_way >= 1, k_shot >= 1, n_query >= 0; got {n_way}, {k_shot}, {n_query}"
+            f"need {way} >= 1, {shot} >= 1, {query} >= 0; got {n_way}, {k_shot}, {n_query}"
         )
     where = f"{dataset.name}/{dataset.split}"
     if dataset.num_classes < n_way:
         raise DataError(
-            f"{where} has {dataset.num_classes} classes, fewer than n_way={n_way}; "
-            "lower n_way or use a split with more classes"
+            f"{where} has {dataset.num_classes} classes, fewer than {way}={n_way}; "
+            f"lower {way} or use a split with more classes"
         )
     counts = dataset.class_counts()
     small = np.flatnonzero(counts < k_shot + n_query)
     if len(small):
-        names = ", ".join(f"{dataset.class_names[c]} ({counts[c]})" for c in small[:5])
+        listed = ", ".join(f"{dataset.class_names[c]} ({counts[c]})" for c in small[:5])
         raise DataError(
-            f"{where}: {len(small)} class(es) have fewer than k_shot + n_query = "
-            f"{k_shot + n_query} images: {names}{' ...' if len(small) > 5 else ''}; lower "
-            "k_shot or n_query, or remove those classes"
+            f"{where}: {len(small)} class(es) have fewer than {shot} + {query} = "
+            f"{k_shot + n_query} images: {listed}{' ...' if len(small) > 5 else ''}; the "
+            f"smallest has {counts.min()}, so {shot} + {query} must be at most {counts.min()} "
+            "(or remove those classes)"
         )
 
 

@@ -36,7 +36,6 @@ from ptx_utils.core.stats import mean_ci95
 from ptx_utils.data.augment import Augmentation, augment, normalize
 from ptx_utils.data.base import FewShotDataset
 from ptx_utils.data.episodes import check_episode_parameters, sample_episodes
-from ptx_utils.data.errors import DataError
 from ptx_utils.models import Backbone, create_backbone, create_head
 from ptx_utils.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ptx_utils.models.features import centroid_logits, nearest_centroid_accuracy
@@ -299,18 +298,8 @@ def _check_episodes(cfg: PretrainConfig, train: FewShotDataset, val: FewShotData
     if cfg.method in ("protonet", "maml"):
         wanted.insert(0, ("train", train, cfg.train_way, cfg.train_shot, cfg.train_query))
     for part, data, way, shot, query in wanted:
-        try:
-            check_episode_parameters(data, way, shot, query)
-        except DataError as exc:
-            fields = f"PretrainConfig {part}_way={way}, {part}_shot={shot}, {part}_query={query}"
-            fewest = int(data.class_counts().min()) if data.num_classes else 0
-            too_small = shot + query > fewest and shot >= 1 and query >= 0
-            if too_small and data.num_classes >= way >= 1:  # the classes are what is short
-                fields += (
-                    f"; the smallest class has {fewest} images, so {part}_shot + {part}_query "
-                    f"must be at most {fewest}"
-                )
-            raise DataError(f"{exc} ({fields})") from None
+        names = (f"{part}_way", f"{part}_shot", f"{part}_query")
+        check_episode_parameters(data, way, shot, query, names=names)
 
 
 def pretrain(
