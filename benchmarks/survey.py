@@ -20,7 +20,9 @@ interrupted run resumes), then mean ± 95 % CI and the paired difference searche
 Logistic regression's convergence is reported as the largest final gradient norm over the test
 episodes; SpotTune beside the strongest fixed strategy, its routing per block and its cost per
 replica on the first ``--routing`` test episodes; with ``--maml`` / ``--uppercase`` the
-meta-learned rows too (each meta-trained once per shot in ``--work``, resumable). The JSON is
+meta-learned rows too (each meta-trained once per shot in ``--work``, resumable); with
+``--head-init prototypes`` the search and every strategy the protocol's SGD trains start their
+new head at the support prototypes (``docs/strategies.md``). The JSON is
 rewritten after each (target, shot), so partial results land; the per-episode rows go to a CSV
 beside it.
 """
@@ -49,7 +51,15 @@ from ptx_utils.data import load_dataset
 from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_table
 from ptx_utils.evaluation.routing import routing_summary, spottune_routing
-from ptx_utils.finetuning import FinetuneConfig, Replica, finetune_batched, replica_seed
+from ptx_utils.finetuning import (
+    FinetuneConfig,
+    Replica,
+    Scheme,
+    Strategy,
+    finetune_batched,
+    replica_seed,
+    with_prototype_head,
+)
 from ptx_utils.finetuning.case_meta import CaSEMetaConfig, meta_train_case
 from ptx_utils.finetuning.closed_form import fit_logistic_regression
 from ptx_utils.finetuning.fixed import maml, spottune, uppercase
@@ -63,7 +73,7 @@ from ptx_utils.pretraining import PretrainConfig, pretrain
 from ptx_utils.search import SearchConfig, search
 from ptx_utils.steps.common import val_seed
 from ptx_utils.steps.domain_shift import shift_targets
-from ptx_utils.steps.transfer import searched_differences, transfer_strategies
+from ptx_utils.steps.transfer import prototype_heads, searched_differences, transfer_strategies
 
 
 def logistic_gradient_norms(model: Any, dataset: Any, episodes: Any) -> dict[str, float]:
@@ -219,6 +229,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-episodes", type=int, default=600)
     p.add_argument("--strategy-set", default="all")
     p.add_argument("--head", default="cosine", help="the protocol's head (cosine: Baseline++)")
+    p.add_argument(
+        "--head-init",
+        choices=("random", "prototypes"),
+        default="random",
+        help="the protocol's new head at random, or at the support prototypes in the search and "
+        "every strategy it trains (ptx_utils.finetuning.prototype_init)",
+    )
     p.add_argument("--precision", default="auto")
     p.add_argument(
         "--routing",
@@ -278,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     protocol = FinetuneConfig(head=args.head, passes=args.passes)
     search_protocol = FinetuneConfig(head=args.head, passes=args.search_passes)
     config = SearchConfig.from_dict({"seed": args.seed, **json.loads(args.search)})
+    base = None
+    if args.head_init == "prototypes":  # the search varies the scheme of this strategy
+        frozen = Strategy(Scheme((0.0,) * len(model.layer_names())))
+        base = with_prototype_head(frozen, args.head)
     results: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     for label, val, test in targets:
@@ -287,9 +308,11 @@ def main(argv: list[str] | None = None) -> None:
             val_eps = sample_episodes(val, 5, shot, 15, args.val_episodes, val_seed(args.seed))
             found = search(
                 model, val, val_eps, config, search_protocol, work / f"search-{slug}-{shot}shot",
-                runtime=runtime,
+                runtime=runtime, base=base,
             )  # fmt: skip
             strategies = transfer_strategies(found.best.scheme, strategy_set=args.strategy_set)
+            if base is not None:
+                strategies = prototype_heads(strategies, args.head)
             meta_record = None
             if args.spottune_meta:
                 settings = {"k_shot": shot, "seed": args.seed, **json.loads(args.spottune_meta)}
@@ -376,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
                     "dataset": args.dataset,
                     "backbone": backbone_label,
                     "backbone_record": {k: record.get(k) for k in ("method", "epoch", "config")},
-                    "protocol": {"passes": args.passes, "head": args.head, "n_way": 5,
+                    "protocol": {"passes": args.passes, "head": args.head,
+                                 "head_init": args.head_init, "n_way": 5,
                                  "n_query": 15, "search_passes": args.search_passes,
                                  "val_episodes": args.val_episodes, "search": config.to_dict()},
                     "precision": precision_record(args.precision, "cpu"),

@@ -71,6 +71,27 @@ RECIPES: dict[str, dict[str, Any]] = {
         ),
         "licence": "Omniglot: MIT licence (Brenden Lake, github.com/brendenlake/omniglot)",
     },
+    # ProtoNet (Snell et al.) on the same base classes, episodes of the shot it is tested on
+    # (5-way, 15 queries: Omniglot has 20 drawings a character); docs/pretraining.md#protonet
+    **{
+        f"conv4-protonet-omniglot-{shot}shot": {
+            "dataset": "omniglot",
+            "splits": {"base": "background", "val": "evaluation-val", "novel": "test"},
+            "config": PretrainConfig(
+                method="protonet",
+                backbone="conv4",
+                epochs=100,
+                train_shot=shot,
+                train_query=15,
+                val_shot=shot,
+                flip=False,
+                val_episodes=50,
+                precision="fp32",
+            ),
+            "licence": "Omniglot: MIT licence (Brenden Lake, github.com/brendenlake/omniglot)",
+        }
+        for shot in (1, 5)
+    },
 }
 
 

@@ -29,6 +29,7 @@ from ptx_utils.finetuning import (
     nearest_centroid,
     with_adabn,
     with_channel_importance,
+    with_prototype_head,
 )
 from ptx_utils.finetuning.bn_stats import episode_statistics
 from ptx_utils.finetuning.closed_form import (
@@ -38,6 +39,7 @@ from ptx_utils.finetuning.closed_form import (
     primal_gradient_norm,
 )
 from ptx_utils.finetuning.feature_transform import channel_importance
+from ptx_utils.finetuning.prototype_init import class_means
 from ptx_utils.models import Backbone
 from ptx_utils.models.features import nearest_centroid_accuracy
 
@@ -262,3 +264,54 @@ def test_strategy_names_and_round_trip() -> None:
         assert not s.unimplemented()
     assert with_adabn(linear_probe(4), True).name == "linear probe + AdaBN (transductive)"
     assert "bn support+query" in str(with_adabn(linear_probe(4), True))
+
+
+# -- a head initialised from the support prototypes ------------------------------------------
+
+
+@pytest.mark.parametrize("shot", [1, 5])
+def test_prototype_heads_equal_sequential(conv4, episodes, shot) -> None:
+    strategies = [
+        with_prototype_head(linear_probe(4, 0.01)),
+        with_prototype_head(Strategy(Scheme((0, 0, 0.01, 0.1))), head="linear"),
+        with_prototype_head(with_adabn(last_k(4, 1, 0.01))),
+        with_prototype_head(with_channel_importance(linear_probe(4, 0.01)), head="linear"),
+        linear_probe(4, 0.01),
+    ]
+    _check(conv4, strategies, episodes[shot], FinetuneConfig(head="cosine", passes=2))
+
+
+@pytest.mark.parametrize("transductive", [False, True])
+def test_prototype_heads_start_at_nearest_centroid(conv4, episodes, transductive) -> None:
+    """With no update the cosine prototype head is cosine nearest centroid times the head's
+    scale (2); the linear one (Proto-MAML's 2c, -‖c‖²) ranks classes as Euclidean NCC."""
+    eb = episodes[5]
+    cfg = FinetuneConfig(passes=0)
+    pairs = [("cosine", "cosine"), ("linear", "euclidean")]
+    for head, metric in pairs:
+        proto = with_adabn(with_prototype_head(linear_probe(4), head), transductive)
+        ncc = with_adabn(nearest_centroid(4, metric), transductive)
+        reps = [Replica(s, e, seed=e) for s in (proto, ncc) for e in range(3)]
+        res = finetune_batched(
+            conv4, reps, eb.support_images, eb.support_labels, eb.query_images, 5, cfg,
+            progress=False,
+        )  # fmt: skip
+        mine, theirs = res.logits[:3], res.logits[3:]
+        if head == "cosine":
+            torch.testing.assert_close(mine, 2 * theirs, **TOL)
+        else:  # -‖x - c‖² + ‖x‖²: the same order per query
+            shift = mine - theirs
+            torch.testing.assert_close(shift, shift[..., :1].expand_as(shift), **TOL)
+        assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
+
+
+def test_prototype_head_needs_every_class_and_an_sgd_strategy() -> None:
+    with pytest.raises(ValueError, match="every one of the 3 classes"):
+        class_means(torch.zeros(2, 4), torch.tensor([0, 2]), 3)
+    with pytest.raises(ValueError, match="has none"):
+        with_prototype_head(nearest_centroid(4))
+    with pytest.raises(ValueError, match="'cosine' or 'linear'"):
+        with_prototype_head(linear_probe(4), head="prototype")
+    s = with_prototype_head(linear_probe(4))
+    assert Strategy.from_dict(s.to_dict()) == s
+    assert s.protocol(FinetuneConfig(head="linear")).head == "cosine"

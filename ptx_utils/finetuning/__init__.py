@@ -23,6 +23,7 @@ from ptx_utils.finetuning.fixed import (
     uppercase,
     with_adabn,
     with_channel_importance,
+    with_prototype_head,
 )
 from ptx_utils.finetuning.protocol import FinetuneConfig, replica_plan
 from ptx_utils.finetuning.replicas import (
@@ -79,4 +80,5 @@ __all__ = [
     "uppercase",
     "with_adabn",
     "with_channel_importance",
+    "with_prototype_head",
 ]

@@ -4,7 +4,9 @@ Trained by SGD: linear probe (every layer frozen; the paper's), full fine-tuning
 everywhere), last-k (only the last k layers train) and BN-affine (only batch-norm scales and
 shifts train). Fitted on frozen features without gradient steps: nearest centroid (Euclidean or
 cosine) and logistic regression. Options that turn any strategy into another: AdaBN
-(:func:`with_adabn`) and the channel importance transform (:func:`with_channel_importance`).
+(:func:`with_adabn`), the channel importance transform (:func:`with_channel_importance`) and,
+for SGD strategies, a new head that starts at the support prototypes
+(:func:`with_prototype_head`).
 Adapters on a frozen backbone: TSA (:func:`tsa`) and LT+NCC (:func:`lt_ncc`); per-image routing
 between frozen blocks and tuned copies: SpotTune (:func:`spottune`). Each returns a
 :class:`~ptx_utils.finetuning.strategy.Strategy` whose name labels it in tables and figures.
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ptx_utils.finetuning.feature_transform import CIT_K
+from ptx_utils.finetuning.prototype_init import PROTOTYPE_HEADS
 from ptx_utils.finetuning.scheme import DEFAULT_HEAD_LR, Scheme
 from ptx_utils.finetuning.spottune import POLICY_LR as SPOTTUNE_POLICY_LR
 from ptx_utils.finetuning.strategy import Attachment, Strategy
@@ -83,6 +86,25 @@ def with_adabn(strategy: Strategy, transductive: bool = False) -> Strategy:
         ("support+query", "AdaBN (transductive)") if transductive else ("support", "AdaBN")
     )
     return replace(strategy, bn_stats=stats, name=f"{strategy.name} + {label}")
+
+
+def with_prototype_head(strategy: Strategy, head: str = "cosine") -> Strategy:
+    """``strategy`` with its new head (``"cosine"`` or ``"linear"``) initialised from the
+    support prototypes (:mod:`.prototype_init`) instead of at random; trained as before.
+
+    Example:
+        >>> str(with_prototype_head(linear_probe(4, 0.01)))
+        '0 0 0 0 | head 0.01 | prototype-cosine'
+    """
+    classifier = f"prototype-{head}"
+    if classifier not in PROTOTYPE_HEADS:
+        raise ValueError(f"a prototype head is 'cosine' or 'linear', got {head!r}")
+    if strategy.path != "sgd" or strategy.classifier not in ("protocol", "cosine", "linear"):
+        raise ValueError(
+            f"a prototype head replaces the new head of a strategy trained by the protocol's "
+            f"SGD; '{strategy}' has none"
+        )
+    return replace(strategy, classifier=classifier, name=f"{strategy.name} (prototype head)")
 
 
 def with_channel_importance(strategy: Strategy, k: float = CIT_K) -> Strategy:

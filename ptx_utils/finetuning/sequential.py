@@ -4,7 +4,8 @@ As simple as it can be; the batched engine must give the same query logits (fp32
 Divergence (a NaN or infinite loss) stops the replica; its logits are NaN, never chance.
 AdaBN statistics (:mod:`.bn_stats`) are re-estimated on the copy first; a closed-form strategy
 (:mod:`.closed_form`) fits its classifier on the frozen features, one episode, with the
-reference solver; the feature transform sits between the backbone and the head.
+reference solver; the feature transform sits between the backbone and the head; a prototype
+head (:mod:`.prototype_init`) starts at the support's class means.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ptx_utils.finetuning.protocol import (
     set_bn_mode,
     trainable_groups,
 )
+from ptx_utils.finetuning.prototype_init import PROTOTYPE_HEADS, support_prototypes, with_prototypes
 from ptx_utils.finetuning.scheme import Scheme
 from ptx_utils.finetuning.spottune import spottune_sequential
 from ptx_utils.finetuning.strategy import Strategy, as_strategy
@@ -137,6 +139,12 @@ def finetune_sequential(
         for p in g["params"]:  # type: ignore[union-attr]
             p.requires_grad_(True)
     plan = replica_plan(seed, len(support_images), n_way, model.out_dim, cfg)
+    if strategy.classifier in PROTOTYPE_HEADS:  # the episode's statistics are loaded already
+        transform = (strategy.feature_transform, options)
+        prototypes = support_prototypes(
+            model, support_images, support_labels, n_way, transform, precision=precision
+        )
+        plan = with_prototypes(plan, prototypes, cfg.head)
     head = create_head(cfg.head, model.out_dim, n_way).to(device)
     with torch.no_grad():
         head.weight.copy_(plan.head_weight)

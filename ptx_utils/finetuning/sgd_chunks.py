@@ -33,6 +33,7 @@ from ptx_utils.finetuning.protocol import (
     replica_plan,
     trainable_groups,
 )
+from ptx_utils.finetuning.prototype_init import PROTOTYPE_HEADS, support_prototypes, with_prototypes
 from ptx_utils.finetuning.replica_bn import STAT_BUFFERS, make_replica_bn, set_bn_state
 from ptx_utils.finetuning.runner import Runner, episode_inputs, grouped_prefix_output
 from ptx_utils.finetuning.scheme import Scheme
@@ -59,6 +60,7 @@ class Variant:
     options: tuple[tuple[str, Any], ...]
     bn_stats: str | None  # AdaBN's images ("support", "support+query"), or None
     adapters: tuple[Any, ...] = ()  # attachments: which exist, α's init, steps; MAML's run
+    head_init: str = "random"  # or "prototypes" (.prototype_init)
 
     @classmethod
     def of(cls, strategy: Strategy) -> Variant:
@@ -80,6 +82,7 @@ class Variant:
             strategy.transform_options,
             strategy.bn_stats if strategy.adapts_bn else None,
             adapters,
+            "prototypes" if strategy.classifier in PROTOTYPE_HEADS else "random",
         )
 
 
@@ -200,6 +203,16 @@ def prepare(
         precision,
     )  # fmt: skip
     masters = {name: p.detach().clone() for name, p in runner.named_parameters()}
+    prototypes = {}
+    if variant.head_init == "prototypes":  # from the float32 copy too, episode by episode
+        transform = (variant.transform, dict(variant.options))
+        prototypes = {
+            e: support_prototypes(
+                model, support_images[e], support_labels[e], n_way, transform,
+                episode_stats.get(e), precision,
+            )
+            for e in sorted({r.episode for r in replicas})
+        }  # fmt: skip
     if precision == "bf16":  # bf16 backbone; batch norm and the head stay float32
         model.to(torch.bfloat16)
         for m in model.modules():
@@ -238,6 +251,11 @@ def prepare(
 
     n_support = support_images.shape[1]
     plans = [replica_plan(r.seed, n_support, n_way, model.out_dim, cfg) for r in replicas]
+    if prototypes:
+        plans = [
+            with_prototypes(p, prototypes[r.episode], cfg.head)
+            for p, r in zip(plans, replicas, strict=True)
+        ]
     return _Engine(
         runner=runner,
         cfg=cfg,

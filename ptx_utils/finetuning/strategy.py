@@ -15,13 +15,14 @@ from typing import Any
 
 from ptx_utils.finetuning.feature_transform import check_transform
 from ptx_utils.finetuning.protocol import FinetuneConfig
+from ptx_utils.finetuning.prototype_init import PROTOTYPE_HEADS
 from ptx_utils.finetuning.scheme import Scheme
 
 #: Values each field accepts: implemented by both engines, then planned (accepted, refused by
 #: the engines with :class:`NotImplementedError` until their issue lands).
 CLASSIFIERS = (
     "protocol", "linear", "cosine", "ncc-euclidean", "ncc-cosine", "logistic-regression", "maml",
-    "zero-linear",
+    "zero-linear", *PROTOTYPE_HEADS,
 )  # fmt: skip
 PLANNED_CLASSIFIERS: tuple[str, ...] = ()
 #: Classifiers fitted without gradient steps on frozen features (:mod:`.closed_form`).
@@ -91,7 +92,10 @@ class Strategy:
             or ``"maml"``: the backbone and head of the MAML checkpoint in ``loads``, adapted by
             its inner loop (``steps`` full-batch SGD steps at the one rate of the scheme,
             batch-statistics BN; :mod:`~ptx_utils.finetuning.maml_adapt`); or
-            ``"zero-linear"``: UpperCaSE's zero-initialised linear head fitted by Adam.
+            ``"zero-linear"``: UpperCaSE's zero-initialised linear head fitted by Adam; or
+            ``"prototype-cosine"`` / ``"prototype-linear"``: that head, initialised from the
+            support prototypes instead of at random, then trained by the protocol's SGD
+            (:mod:`~ptx_utils.finetuning.prototype_init`).
         optimizer: ``"sgd"`` (the protocol's SGD: momentum, dampening, weight decay), or
             ``"adadelta"`` (attachments only), ``"adam"`` (UpperCaSE's head).
         attachments: extra trained or loaded parameters (:class:`Attachment`): TSA's
@@ -321,6 +325,7 @@ class Strategy:
         if self.path not in ("sgd", "spottune"):  # the protocol's head and BN mode do not apply
             return cfg
         head = cfg.head if self.classifier == "protocol" else self.classifier
+        head = PROTOTYPE_HEADS.get(head, head)
         keep = self.bn_stats in ("protocol", *ADAPTIVE_BN_STATS)
         bn_mode = cfg.bn_mode if keep else self.bn_stats
         return (

@@ -41,6 +41,7 @@ from ptx_utils.finetuning import (
     uppercase,
     with_adabn,
     with_channel_importance,
+    with_prototype_head,
 )
 from ptx_utils.finetuning.case_meta import CaSEMetaConfig, meta_train_case
 from ptx_utils.finetuning.maml_adapt import maml_reference
@@ -59,6 +60,26 @@ def fixed_strategies(
         f"last-{last}": last_k(n_layers, last, lr, head_lr),
         "BN-affine": bn_affine(n_layers, lr, head_lr),
     }
+
+
+def prototype_heads(
+    strategies: Mapping[str, Strategy], head: str = "cosine"
+) -> dict[str, Strategy]:
+    """``strategies`` (same names) with every new head that the protocol's SGD trains
+    initialised from the support prototypes (:func:`~ptx_utils.finetuning.with_prototype_head`);
+    the others (nearest centroid, TSA, SpotTune...) as they are.
+
+    Example:
+        >>> named = prototype_heads(fixed_strategies(4, 0.01))
+        >>> str(named["last-1"])
+        '0 0 0 0.01 | head 0.01 | prototype-cosine'
+    """
+    out = {}
+    for name, strategy in strategies.items():
+        strategy = as_strategy(strategy)
+        sgd_head = strategy.path == "sgd" and strategy.classifier in ("protocol", head)
+        out[name] = with_prototype_head(strategy, head) if sgd_head else strategy
+    return out
 
 
 def survey_strategies(searched: Strategy | Scheme, head_lr: float) -> dict[str, Strategy]:
