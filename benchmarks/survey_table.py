@@ -2,10 +2,12 @@
 
     python benchmarks/survey_table.py benchmarks/results/survey_synthetic_dial_conv4_cpu.json
     python benchmarks/survey_table.py A.json B.json --routing-figure benchmarks/results/figures/x
+    python benchmarks/survey_table.py A.json B.json --compare searched "searched=linear probe"
 
 One table per (target, shot): every strategy's mean ± 95 % CI and the paired difference
 searched − strategy (CI, wins / losses), then the strongest strategy that is not the searched
 scheme or a variant of it (``searched + AdaBN``) and whether the searched scheme beats it.
+``--compare`` pairs two runs scored on the same episodes (another backbone, another head).
 """
 
 from __future__ import annotations
@@ -129,13 +131,66 @@ def routing_figure(records: list[dict[str, Any]], shot: int, stem: Path) -> list
     return save_figure(fig, stem)
 
 
+def compare(paths: list[Path], pairs: list[str], shot: int) -> str:
+    """Rows of two runs on the same episodes, paired across them: for each ``"A=B"`` in
+    ``pairs``, run 2's strategy B minus run 1's strategy A (points, CI, wins / losses); refused
+    unless both runs' (target, shot) results list the same episodes digest."""
+    import pandas as pd
+
+    from ptx_utils.evaluation import paired_table
+
+    runs = []
+    for path in paths:
+        record = json.loads(path.read_text())
+        result = next((r for r in record["results"] if r["k_shot"] == shot), None)
+        if result is None:
+            raise SystemExit(f"{path} has no {shot}-shot result")
+        rows = pd.read_csv(path.with_suffix(".csv"))
+        rows = rows[(rows["target"] == result["target"]) & (rows["k_shot"] == shot)]
+        runs.append((result, rows))
+    (first, rows_a), (second, rows_b) = runs
+    if first["episodes_digest"] != second["episodes_digest"]:
+        raise SystemExit("the two runs were not scored on the same episodes; nothing to pair")
+    out = [
+        f"Paired across runs on the same {first['test_episodes']} episodes: run 2 ({paths[1]}) "
+        f"− run 1 ({paths[0]}), points:",
+        "",
+        "| run 2's strategy − run 1's | difference | wins / losses |",
+        "| --- | --- | --- |",
+    ]
+    for pair in pairs:
+        a, _, b = pair.partition("=")
+        both = pd.concat([
+            rows_a[rows_a["strategy"] == a].assign(strategy="run 1"),
+            rows_b[rows_b["strategy"] == (b or a)].assign(strategy="run 2"),
+        ])  # fmt: skip
+        if set(both["strategy"]) != {"run 1", "run 2"}:
+            raise SystemExit(f"pair {pair!r}: a strategy is missing from one of the runs")
+        d = paired_table(both, "run 1").iloc[0]
+        out.append(f"| {b or a} − {a} | {100 * d['mean_diff']:+.2f} ± {100 * d['ci95']:.2f} | "
+                   f"{d['wins']:.0f} / {d['losses']:.0f} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path, nargs="+")
     p.add_argument("--routing-figure", type=Path, default=None,
                    help="write SpotTune's routing figure of all the JSON files to this stem")
-    p.add_argument("--shot", type=int, default=1, help="the routing figure's shot")
+    p.add_argument("--shot", type=int, default=1, help="the routing figure's (or --compare's) shot")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="A=B",
+        help="pair two JSON files' runs (same episodes): run 2's strategy B minus run 1's A",
+    )
     args = p.parse_args(argv)
+    if args.compare:
+        if len(args.json) != 2:
+            raise SystemExit("--compare pairs exactly two JSON files")
+        print(compare(args.json, args.compare, args.shot))
+        return
     records = [json.loads(path.read_text()) for path in args.json]
     if args.routing_figure is not None:
         for path in routing_figure(records, args.shot, args.routing_figure):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from types import ModuleType
 
@@ -61,6 +62,20 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     stem = tmp_path / "figures" / "routing"
     paths = _script(repo_root, "survey_table").routing_figure([record], 1, stem)
     assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size for p in paths)
+    # the same backbone (its finished pre-training copied) and episodes, every head the SGD
+    # trains starting at the prototypes: a search of its own, paired with the first run
+    proto, work2 = tmp_path / "proto.json", tmp_path / "work2"
+    shutil.copytree(tmp_path / "work" / "pretrain", work2 / "pretrain")
+    keep = [*args[: args.index("--strategy-set")], "--work", str(work2), "--out", str(proto)]
+    _script(repo_root, "survey").main(
+        [*keep, "--strategy-set", "paper", "--head-init", "prototypes"]
+    )
+    (other,) = json.loads(proto.read_text())["results"]
+    assert "prototype-cosine" in other["summary"][1]["scheme"]  # the linear probe's head
+    pairs = _script(repo_root, "survey_table").compare(
+        [out, proto], ["searched", "full fine-tune"], 1
+    )
+    assert "| searched − searched |" in pairs and "| full fine-tune − full fine-tune |" in pairs
 
 
 def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> None:
