@@ -3,10 +3,8 @@
 Trained by SGD: linear probe (every layer frozen; the paper's), full fine-tuning (one rate
 everywhere), last-k (only the last k layers train) and BN-affine (only batch-norm scales and
 shifts train). Fitted on frozen features without gradient steps: nearest centroid (Euclidean or
-cosine) and logistic regression. Options that turn any strategy into another: AdaBN
-(:func:`with_adabn`), the channel importance transform (:func:`with_channel_importance`) and,
-for SGD strategies, a new head that starts at the support prototypes
-(:func:`with_prototype_head`).
+cosine) and logistic regression. Options: AdaBN (:func:`with_adabn`), the channel importance
+transform (:func:`with_channel_importance`), a prototype head (:func:`with_prototype_head`).
 Adapters on a frozen backbone: TSA (:func:`tsa`) and LT+NCC (:func:`lt_ncc`); per-image routing
 between frozen blocks and tuned copies: SpotTune (:func:`spottune`). Each returns a
 :class:`~ptx_utils.finetuning.strategy.Strategy` whose name labels it in tables and figures.

@@ -1,15 +1,10 @@
 """A new head initialised from the support prototypes, so fine-tuning starts at nearest centroid.
 
-The protocol's new head starts random; on a backbone meta-trained for nearest centroid
-(ProtoNet) that start is far from the classifier the features were trained for. Classifier
-``"prototype-cosine"`` sets the cosine head's class weights to the class means of the support
-features (the head divides by their norms, so its logits at step 0 are ``scale · cos(x, c_k)``:
-cosine nearest centroid); ``"prototype-linear"`` sets a linear head to ``W_k = 2 c_k``,
-``b_k = -‖c_k‖²`` (Proto-MAML's initialisation, Triantafillou et al., ICLR 2020: the logits are
-``-‖x - c_k‖²`` up to a per-image constant, Euclidean nearest centroid). Then the protocol's
-SGD trains head and layers as usual. Both engines compute the prototypes alike: the initial
-backbone in eval mode (AdaBN's statistics when the strategy re-estimates them), float32, the
-strategy's feature transform. ``docs/strategies.md``.
+``"prototype-cosine"``: the cosine head's class weights = the support's class means (cosine
+nearest centroid before any update); ``"prototype-linear"``: ``W_k = 2 c_k``, ``b_k = -‖c_k‖²``
+(Proto-MAML, Triantafillou et al. 2020). Then the protocol's SGD. Both engines compute the
+prototypes alike (initial backbone, eval mode, AdaBN's statistics, float32, the strategy's
+transform). Rationale: ``docs/strategies.md``.
 """
 
 from __future__ import annotations
