@@ -46,6 +46,13 @@ from ptx_utils.pretraining import PretrainConfig, pretrain
 #: Where a training continued across sessions keeps its resumable state (committed).
 COMMITTED_STATE = Path("benchmarks/results/zoo_training")
 
+#: Omniglot's data, splits and licence, shared by its recipes.
+_OMNIGLOT = {
+    "dataset": "omniglot",
+    "splits": {"base": "background", "val": "evaluation-val", "novel": "test"},
+    "licence": "Omniglot: MIT licence (Brenden Lake, github.com/brendenlake/omniglot)",
+}
+
 #: name -> (dataset, base split, val split, novel split, config, licence note)
 RECIPES: dict[str, dict[str, Any]] = {
     "conv4-baselinepp-mini-imagenet": {
@@ -58,8 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "(image-net.org/download); trained on the first 300 images per class of the train split",
     },
     "conv4-baselinepp-omniglot": {
-        "dataset": "omniglot",
-        "splits": {"base": "background", "val": "evaluation-val", "novel": "test"},
+        **_OMNIGLOT,
         "config": PretrainConfig(
             method="baseline++",
             backbone="conv4",
@@ -69,14 +75,12 @@ RECIPES: dict[str, dict[str, Any]] = {
             val_episodes=50,
             precision="fp32",
         ),
-        "licence": "Omniglot: MIT licence (Brenden Lake, github.com/brendenlake/omniglot)",
     },
     # ProtoNet (Snell et al.) on the same base classes, episodes of the shot it is tested on
     # (5-way, 15 queries: Omniglot has 20 drawings a character); docs/pretraining.md#protonet
     **{
         f"conv4-protonet-omniglot-{shot}shot": {
-            "dataset": "omniglot",
-            "splits": {"base": "background", "val": "evaluation-val", "novel": "test"},
+            **_OMNIGLOT,
             "config": PretrainConfig(
                 method="protonet",
                 backbone="conv4",
@@ -88,7 +92,6 @@ RECIPES: dict[str, dict[str, Any]] = {
                 val_episodes=50,
                 precision="fp32",
             ),
-            "licence": "Omniglot: MIT licence (Brenden Lake, github.com/brendenlake/omniglot)",
         }
         for shot in (1, 5)
     },

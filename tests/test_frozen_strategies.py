@@ -39,7 +39,7 @@ from ptx_utils.finetuning.closed_form import (
     primal_gradient_norm,
 )
 from ptx_utils.finetuning.feature_transform import channel_importance
-from ptx_utils.finetuning.prototype_init import class_means
+from ptx_utils.finetuning.prototype_init import support_prototypes
 from ptx_utils.models import Backbone
 from ptx_utils.models.features import nearest_centroid_accuracy
 
@@ -305,9 +305,11 @@ def test_prototype_heads_start_at_nearest_centroid(conv4, episodes, transductive
         assert torch.equal(mine.argmax(-1), theirs.argmax(-1))
 
 
-def test_prototype_head_needs_every_class_and_an_sgd_strategy() -> None:
-    with pytest.raises(ValueError, match="every one of the 3 classes"):
-        class_means(torch.zeros(2, 4), torch.tensor([0, 2]), 3)
+def test_prototype_head_needs_every_class_and_an_sgd_strategy(conv4) -> None:
+    with pytest.raises(ValueError, match="cover every class"):
+        support_prototypes(
+            conv4, torch.zeros(2, 3, 16, 16, dtype=torch.uint8), torch.tensor([0, 2]), 3
+        )
     with pytest.raises(ValueError, match="has none"):
         with_prototype_head(nearest_centroid(4))
     with pytest.raises(ValueError, match="'cosine' or 'linear'"):

@@ -19,29 +19,10 @@ from ptx_utils.data.augment import normalize
 from ptx_utils.finetuning.bn_stats import load_statistics
 from ptx_utils.finetuning.feature_transform import apply_transform
 from ptx_utils.finetuning.protocol import ReplicaPlan
+from ptx_utils.models.heads import PrototypeHead
 
 #: Classifier -> the head it initialises (:data:`ptx_utils.finetuning.protocol.HEADS`).
 PROTOTYPE_HEADS = {"prototype-cosine": "cosine", "prototype-linear": "linear"}
-
-
-def class_means(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
-    """Class means (n_way, D) of ``features`` (N, D) with ``labels`` (N,) in [0, n_way).
-
-    Example:
-        >>> class_means(torch.tensor([[1.0, 0], [3, 0], [0, 2]]), torch.tensor([0, 0, 1]), 2)
-        tensor([[2., 0.],
-                [0., 2.]])
-    """
-    labels = labels.to(features.device)
-    counts = torch.bincount(labels, minlength=n_way)
-    if len(counts) != n_way or bool((counts == 0).any()):
-        raise ValueError(
-            f"a prototype head needs every one of the {n_way} classes in the support set, got "
-            f"label counts {counts.tolist()}"
-        )
-    sums = torch.zeros(n_way, features.shape[1], dtype=features.dtype, device=features.device)
-    sums.index_add_(0, labels, features)
-    return sums / counts[:, None].to(features.dtype)
 
 
 def prototype_weights(prototypes: torch.Tensor, head: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +74,7 @@ def support_prototypes(
         model.train(mode)
         if saved is not None:
             load_statistics(model, saved)
-    return class_means(feats, support_labels, n_way)
+    return PrototypeHead.prototypes(feats, support_labels, n_way)
 
 
 def with_prototypes(plan: ReplicaPlan, prototypes: torch.Tensor, head: str) -> ReplicaPlan:
