@@ -22,7 +22,10 @@ episodes; SpotTune beside the strongest fixed strategy, its routing per block an
 replica on the first ``--routing`` test episodes; with ``--maml`` / ``--uppercase`` the
 meta-learned rows too (each meta-trained once per shot in ``--work``, resumable); with
 ``--head-init prototypes`` the search and every strategy the protocol's SGD trains start their
-new head at the support prototypes (``docs/strategies.md``). The JSON is
+new head at the support prototypes (``docs/strategies.md``). A backbone of another dataset
+(``--zoo conv4-baselinepp-mini-imagenet --dataset omniglot``) is tested across domains: the
+target loaded in its input format, the meta-learned rows trained on its own base classes
+(``--train-dataset``, default the entry's dataset and splits). The JSON is
 rewritten after each (target, shot), so partial results land; the per-episode rows go to a CSV
 beside it.
 """
@@ -48,6 +51,7 @@ from ptx_utils.core.io import atomic_write_json, atomic_write_text
 from ptx_utils.core.provenance import provenance
 from ptx_utils.core.runtime import Runtime
 from ptx_utils.data import load_dataset
+from ptx_utils.data.convert import match_format
 from ptx_utils.data.episodes import sample_episodes
 from ptx_utils.evaluation import evaluate_strategies, paired_table, summary_table
 from ptx_utils.evaluation.routing import routing_summary, spottune_routing
@@ -180,10 +184,11 @@ def replica_cost(
 
 
 def meta_learned_strategies(
-    args: argparse.Namespace, model: Any, split: Any, work: Path, shot: int
+    args: argparse.Namespace, model: Any, source: Any, work: Path, shot: int
 ) -> dict[str, Any]:
     """MAML (meta-trained here, ``--maml``) and UpperCaSE (CaSE blocks meta-trained on
-    ``model``, ``--uppercase``) as strategies for ``shot``, with their training records."""
+    ``model``, ``--uppercase``) as strategies for ``shot``, with their training records;
+    ``source(split)`` loads a split of the base-class dataset (``--train-dataset``)."""
     out: dict[str, Any] = {"strategies": {}}
     n_layers = len(model.layer_names())
     if args.maml:
@@ -191,8 +196,9 @@ def meta_learned_strategies(
                     **json.loads(args.maml)}  # fmt: skip
         cfg = PretrainConfig.from_dict(settings)
         result = pretrain(
-            cfg, split(args.train_split), split(args.val_split), work / f"maml-{shot}shot"
-        )
+            cfg, source(args.train_split), source(args.train_val_split),
+            work / f"maml-{shot}shot",
+        )  # fmt: skip
         reference = maml_reference(result.best_checkpoint.resolve())
         for n in args.maml_steps:
             out["strategies"][f"MAML ({n} steps)"] = maml(reference, n_layers, cfg.inner_lr, n)
@@ -201,7 +207,7 @@ def meta_learned_strategies(
     if args.uppercase:
         settings = {"k_shot": shot, "seed": args.seed, **json.loads(args.uppercase)}
         blocks = meta_train_case(
-            model, split(args.train_split), CaSEMetaConfig(**settings),
+            model, source(args.train_split), CaSEMetaConfig(**settings),
             work / f"case-meta-{shot}shot", progress=False,
         )  # fmt: skip
         out["strategies"]["UpperCaSE"] = uppercase(blocks.reference, n_layers)
@@ -217,7 +223,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", default=None)
     p.add_argument("--zoo", default=None, help="a zoo entry; else pre-train with --pretrain")
     p.add_argument("--pretrain", default='{"epochs": 6, "batch_size": 64, "val_episodes": 50}')
-    p.add_argument("--train-split", default="train")
+    p.add_argument(
+        "--train-dataset",
+        default=None,
+        help="the base classes' dataset (pre-training, meta-training) when it is not --dataset: "
+        "e.g. --zoo conv4-baselinepp-mini-imagenet --train-dataset mini-imagenet --dataset "
+        "omniglot tests mini-ImageNet's backbone on Omniglot, loaded in its input format",
+    )
+    p.add_argument("--train-split", default=None, help="(default: train, or a zoo entry's base)")
+    p.add_argument(
+        "--train-val-split",
+        default=None,
+        help="the --train-dataset split that picks pre-training's and MAML's epoch (default: "
+        "--val-split; a zoo entry's val split when it was made on another dataset)",
+    )
     p.add_argument("--val-split", default="val")
     p.add_argument("--test-split", default="test")
     p.add_argument("--shift-levels", type=float, nargs="*", default=None)
@@ -269,20 +288,44 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
 
-    def split(name: str) -> Any:
+    def load(dataset: str, name: str, fit: Any = None) -> Any:
+        """Split ``name`` of ``dataset``; with ``fit`` (a backbone) in its input format."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return load_dataset(args.dataset, name, root=args.root)
+            if fit is None:
+                return load_dataset(dataset, name, root=args.root)
+            data = load_dataset(dataset, name, root=args.root, image_size=fit.image_size)
+            return match_format(data, fit.in_channels, fit.image_size)
 
     if args.zoo:
         model, record = load_pretrained(args.zoo)
         backbone_label = args.zoo
+        made_on = record["zoo"]  # the entry's dataset and splits: the base classes' defaults
+        train_dataset = args.train_dataset or made_on["dataset"]
+        train_split = args.train_split or made_on["splits"]["base"]
+        train_val_split = args.train_val_split or (
+            args.val_split if train_dataset == args.dataset else made_on["splits"]["val"]
+        )
     else:
+        train_dataset = args.train_dataset or args.dataset
+        if train_dataset != args.dataset and args.train_val_split is None:
+            p.error("--train-dataset differs from --dataset: give --train-val-split too")
+        train_split = args.train_split or "train"
+        train_val_split = args.train_val_split or args.val_split
         cfg = PretrainConfig.from_dict({"seed": args.seed, **json.loads(args.pretrain)})
-        result = pretrain(cfg, split(args.train_split), split(args.val_split), work / "pretrain")
+        result = pretrain(
+            cfg, load(train_dataset, train_split), load(train_dataset, train_val_split),
+            work / "pretrain",
+        )  # fmt: skip
         model, record = load_backbone(result.best_checkpoint)
         backbone_label = f"{cfg.backbone} {cfg.method}, pre-trained here ({work / 'pretrain'})"
     model.eval()
+    # resolved: the meta-learned strategies read them from args
+    args.train_split, args.train_val_split = train_split, train_val_split
+
+    def source(name: str) -> Any:  # the base classes' dataset, in the backbone's format
+        return load(train_dataset, name, model)
+
     if args.shift_levels is not None:
         dial = shift_targets(
             args.dataset, args.shift_levels, [], args.val_split, args.test_split,
@@ -290,7 +333,10 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
         targets = [(t.label, t.val, t.test) for t in dial]
     else:
-        targets = [(args.test_split, split(args.val_split), split(args.test_split))]
+        val, test = (load(args.dataset, s, model) for s in (args.val_split, args.test_split))
+        in_domain = train_dataset == args.dataset  # else name the target's dataset
+        label = args.test_split if in_domain else f"{args.dataset}/{args.test_split}"
+        targets = [(label, val, test)]
     runtime = Runtime(seed=args.seed, device="cpu", precision=args.precision, progress=False)
     protocol = FinetuneConfig(head=args.head, passes=args.passes)
     search_protocol = FinetuneConfig(head=args.head, passes=args.search_passes)
@@ -302,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     results: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     for label, val, test in targets:
-        slug = label.replace(" ", "")
+        slug = label.replace(" ", "").replace("/", "-")
         for shot in args.shots:
             tic = time.perf_counter()
             val_eps = sample_episodes(val, 5, shot, 15, args.val_episodes, val_seed(args.seed))
@@ -317,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.spottune_meta:
                 settings = {"k_shot": shot, "seed": args.seed, **json.loads(args.spottune_meta)}
                 policy = meta_train_policy(
-                    model, split(args.train_split), MetaPolicyConfig(**settings),
+                    model, source(args.train_split), MetaPolicyConfig(**settings),
                     work / f"spottune-meta-{shot}shot", progress=False,
                 )  # fmt: skip
                 meta_record = {k: policy.record[k] for k in ("identity", "curve", "seconds")}
@@ -327,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
                     strategies[name] = spottune(
                         n, head_lr=head, policy=policy.reference, policy_lr=0.0, inference=mode
                     )
-            meta_learned = meta_learned_strategies(args, model, split, work, shot)
+            meta_learned = meta_learned_strategies(args, model, source, work, shot)
             strategies.update(meta_learned.pop("strategies"))
             test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
             evaluation = evaluate_strategies(
@@ -399,6 +445,8 @@ def main(argv: list[str] | None = None) -> None:
                     "dataset": args.dataset,
                     "backbone": backbone_label,
                     "backbone_record": {k: record.get(k) for k in ("method", "epoch", "config")},
+                    "base_classes": {"dataset": train_dataset, "split": args.train_split,
+                                     "val_split": args.train_val_split},
                     "protocol": {"passes": args.passes, "head": args.head,
                                  "head_init": args.head_init, "n_way": 5,
                                  "n_query": 15, "search_passes": args.search_passes,
