@@ -107,6 +107,14 @@ def spottune_lines(section: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def target_label(record: dict[str, Any], result: dict[str, Any]) -> str:
+    """``"omniglot: test"``; a backbone of another dataset ``"mini-imagenet → omniglot/test"``."""
+    source = record.get("base_classes", {}).get("dataset", record["dataset"])
+    if source == record["dataset"]:
+        return f"{record['dataset']}: {result['target']}"
+    return f"{source} → {result['target']}"
+
+
 def routing_figure(records: list[dict[str, Any]], shot: int, stem: Path) -> list[Path]:
     """SpotTune's routing per block for every target of ``records`` at ``shot``, beside the
     searched schemes' rates; written as ``stem.pdf`` and ``stem.png``."""
@@ -121,7 +129,7 @@ def routing_figure(records: list[dict[str, Any]], shot: int, stem: Path) -> list
             routing = result.get("spottune", {}).get("routing")
             if result["k_shot"] != shot or not routing:
                 continue
-            label = f"{record['dataset']}: {result['target']}"
+            label = target_label(record, result)
             summaries[label] = pd.DataFrame(routing["per_block"])
             searched[label] = [float(x) for x in result["searched_scheme"].split(" | ")[0].split()]
     if not summaries:

@@ -128,7 +128,7 @@ def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
         "--test-split", "all", "--shots", "1", "--val-episodes", "1", "--search-passes", "1",
         "--search", '{"population": 2, "generations": 1, "top_k": 1}', "--passes", "2",
         "--test-episodes", "2", "--strategy-set", "paper", "--work", str(tmp_path / "work"),
-        "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "0",
+        "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "1",
         "--out", str(out),
     ]  # fmt: skip
     _script(repo_root, "survey").main(args)
@@ -140,3 +140,7 @@ def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
     names = [row["strategy"] for row in result["summary"]]
     assert names[0] == "searched" and "SpotTune meta" in names
     assert result["spottune_meta_policy"]["curve"][-1]["episodes"] == 1
+    table = _script(repo_root, "survey_table")
+    assert table.target_label(record, result) == "synthetic → folder/all"
+    paths = table.routing_figure([record], 1, tmp_path / "routing")
+    assert [p.suffix for p in paths] == [".pdf", ".png"]
