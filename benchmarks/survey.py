@@ -25,7 +25,9 @@ meta-learned rows too (each meta-trained once per shot in ``--work``, resumable)
 new head at the support prototypes (``docs/strategies.md``). A backbone of another dataset
 (``--zoo conv4-baselinepp-mini-imagenet --dataset omniglot``) is tested across domains: the
 target loaded in its input format, the meta-learned rows trained on its own base classes
-(``--train-dataset``, default the entry's dataset and splits). The JSON is
+(``--train-dataset``, default the entry's dataset and splits). ``--only`` tests a subset (the
+searched scheme always); ``--search-precision`` reads a finished search made at another precision
+(bf16 on a machine with native bf16) while the test episodes run at ``--precision``. The JSON is
 rewritten after each (target, shot), so partial results land; the per-episode rows go to a CSV
 beside it.
 """
@@ -183,6 +185,17 @@ def replica_cost(
     return cost
 
 
+def chosen(strategies: dict[str, Strategy], names: list[str]) -> dict[str, Strategy]:
+    """The searched scheme and ``names`` of ``strategies``, in that order (``--only``)."""
+    unknown = [n for n in names if n not in strategies]
+    if unknown:
+        raise SystemExit(
+            f"--only names {unknown}, which this run does not have; its strategies are "
+            f"{list(strategies)} (MAML and UpperCaSE rows need --maml / --uppercase)"
+        )
+    return {n: strategies[n] for n in dict.fromkeys(["searched", *names])}
+
+
 def meta_learned_strategies(
     args: argparse.Namespace, model: Any, source: Any, work: Path, shot: int
 ) -> dict[str, Any]:
@@ -256,6 +269,19 @@ def main(argv: list[str] | None = None) -> None:
         "every strategy it trains (ptx_utils.finetuning.prototype_init)",
     )
     p.add_argument("--precision", default="auto")
+    p.add_argument(
+        "--search-precision",
+        default=None,
+        help="the search's precision (default --precision): a finished search made on a bf16 "
+        "machine is read as it is while the test episodes run in --precision",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="test only these strategies (and the searched scheme), in this order",
+    )
     p.add_argument(
         "--routing",
         type=int,
@@ -338,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
         label = args.test_split if in_domain else f"{args.dataset}/{args.test_split}"
         targets = [(label, val, test)]
     runtime = Runtime(seed=args.seed, device="cpu", precision=args.precision, progress=False)
+    search_precision = args.search_precision or args.precision
+    search_runtime = Runtime(seed=args.seed, device="cpu", precision=search_precision,
+                             progress=False)  # fmt: skip
     protocol = FinetuneConfig(head=args.head, passes=args.passes)
     search_protocol = FinetuneConfig(head=args.head, passes=args.search_passes)
     config = SearchConfig.from_dict({"seed": args.seed, **json.loads(args.search)})
@@ -354,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
             val_eps = sample_episodes(val, 5, shot, 15, args.val_episodes, val_seed(args.seed))
             found = search(
                 model, val, val_eps, config, search_protocol, work / f"search-{slug}-{shot}shot",
-                runtime=runtime, base=base,
+                runtime=search_runtime, base=base,
             )  # fmt: skip
             strategies = transfer_strategies(found.best.scheme, strategy_set=args.strategy_set)
             if base is not None:
@@ -375,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
                     )
             meta_learned = meta_learned_strategies(args, model, source, work, shot)
             strategies.update(meta_learned.pop("strategies"))
+            if args.only:
+                strategies = chosen(strategies, args.only)
             test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
             evaluation = evaluate_strategies(
                 model, strategies, test, test_eps, protocol, runtime,
@@ -452,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
                                  "n_query": 15, "search_passes": args.search_passes,
                                  "val_episodes": args.val_episodes, "search": config.to_dict()},
                     "precision": precision_record(args.precision, "cpu"),
+                    "search_precision": precision_record(search_precision, "cpu"),
                     "provenance": provenance(seed=args.seed, device="cpu"),
                     "results": results,
                 },

@@ -129,10 +129,14 @@ def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
         "--search", '{"population": 2, "generations": 1, "top_k": 1}', "--passes", "2",
         "--test-episodes", "2", "--strategy-set", "paper", "--work", str(tmp_path / "work"),
         "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "1",
-        "--out", str(out),
+        "--precision", "fp32", "--search-precision", "bf16", "--out", str(out),
     ]  # fmt: skip
     _script(repo_root, "survey").main(args)
     record = json.loads(out.read_text())
+    assert (record["precision"]["precision"], record["search_precision"]["precision"]) == (
+        "fp32",
+        "bf16",
+    )
     assert record["base_classes"] == {"dataset": "synthetic", "split": "train", "val_split": "val"}
     (result,) = record["results"]
     assert result["target"] == "folder/all" and result["test_episodes"] == 2
@@ -144,3 +148,15 @@ def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
     assert table.target_label(record, result) == "synthetic → folder/all"
     paths = table.routing_figure([record], 1, tmp_path / "routing")
     assert [p.suffix for p in paths] == [".pdf", ".png"]
+    # a subset of the strategies, the finished search read at its own precision
+    only = tmp_path / "only.json"
+    survey = _script(repo_root, "survey")
+    survey.main([*args[: args.index("--out")], "--out", str(only), "--only", "linear probe"])
+    (subset,) = json.loads(only.read_text())["results"]
+    assert [row["strategy"] for row in subset["summary"]] == ["searched", "linear probe"]
+    assert subset["summary"][0] == result["summary"][0]  # the saved rows, loaded
+    with pytest.raises(SystemExit, match="no such"):
+        survey.main([*args, "--only", "no such"])
+    at_fp32 = [*args[: args.index("--search-precision")], "--out", str(only)]
+    with pytest.raises(Exception, match="other settings"):  # not searched again at fp32
+        survey.main(at_fp32)
