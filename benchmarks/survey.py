@@ -117,8 +117,7 @@ def spottune_section(
     for name in spot:
         vs = {}
         for ref in ("searched", strongest):
-            d = paired_table(rows, ref)
-            d = d[d["strategy"] == name].iloc[0]
+            d = paired_table(rows, ref, strategies=[name]).iloc[0]
             vs[ref] = {k: float(d[k]) for k in ("mean_diff", "ci95", "wins", "losses")}
         out["strategies"][name] = {
             "mean": float(summary.loc[name, "mean"]), "ci95": float(summary.loc[name, "ci95"]),
@@ -259,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--search-passes", type=int, default=100)
     p.add_argument("--passes", type=int, default=100)
     p.add_argument("--test-episodes", type=int, default=600)
+    p.add_argument("--n-query", type=int, default=15, help="query images per class (protocol: 15)")
     p.add_argument("--strategy-set", default="all")
     p.add_argument("--head", default="cosine", help="the protocol's head (cosine: Baseline++)")
     p.add_argument(
@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
         slug = label.replace(" ", "").replace("/", "-")
         for shot in args.shots:
             tic = time.perf_counter()
-            val_eps = sample_episodes(val, 5, shot, 15, args.val_episodes, val_seed(args.seed))
+            val_eps = sample_episodes(
+                val, 5, shot, args.n_query, args.val_episodes, val_seed(args.seed)
+            )
             found = search(
                 model, val, val_eps, config, search_protocol, work / f"search-{slug}-{shot}shot",
                 runtime=search_runtime, base=base,
@@ -406,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
             strategies.update(meta_learned.pop("strategies"))
             if args.only:
                 strategies = chosen(strategies, args.only)
-            test_eps = sample_episodes(test, 5, shot, 15, args.test_episodes, args.seed)
+            test_eps = sample_episodes(test, 5, shot, args.n_query, args.test_episodes, args.seed)
             evaluation = evaluate_strategies(
                 model, strategies, test, test_eps, protocol, runtime,
                 checkpoint_dir=work / f"test-{slug}-{shot}shot",
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
                                      "val_split": args.train_val_split},
                     "protocol": {"passes": args.passes, "head": args.head,
                                  "head_init": args.head_init, "n_way": 5,
-                                 "n_query": 15, "search_passes": args.search_passes,
+                                 "n_query": args.n_query, "search_passes": args.search_passes,
                                  "val_episodes": args.val_episodes, "search": config.to_dict()},
                     "precision": precision_record(args.precision, "cpu"),
                     "search_precision": precision_record(search_precision, "cpu"),

@@ -397,6 +397,10 @@ def test_paired_table_uses_only_episodes_where_neither_diverged() -> None:
         ev.paired_table(_constructed_rows(), reference="C")
     with pytest.raises(ValueError, match="duplicate"):
         ev.paired_table(pd.concat([_constructed_rows()] * 2), reference="A")
+    only = ev.paired_table(_constructed_rows(), reference="B", strategies=["A"])
+    pd.testing.assert_frame_equal(only, paired)
+    with pytest.raises(ValueError, match="'D' is not among"):
+        ev.paired_table(_constructed_rows(), reference="B", strategies=["D"])
 
 
 def test_tables_separate_episode_settings() -> None:

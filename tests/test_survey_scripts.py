@@ -30,8 +30,9 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
         "--dataset", "synthetic", "--shift-levels", "0", "--shots", "1",
         "--pretrain", TINY_PRETRAIN, "--search", '{"population": 2, "generations": 1, "top_k": 1}',
         "--val-episodes", "2", "--search-passes", "1", "--passes", "2", "--test-episodes", "3",
+        "--n-query", "3",
         "--strategy-set", "all", "--work", str(tmp_path / "work"), "--out", str(out),
-        "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "2",
+        "--spottune-meta", '{"episodes": 1, "inner_passes": 1, "n_query": 1}', "--routing", "1",
         "--maml", '{"epochs": 1, "episodes_per_epoch": 2, "train_query": 2, "inner_steps": 1, '
                   '"meta_batch": 2, "val_episodes": 2, "val_query": 2}', "--maml-steps", "2", "3",
         "--uppercase", '{"episodes": 2, "n_query": 2, "head_steps": 2, "tasks_per_step": 1, '

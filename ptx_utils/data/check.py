@@ -1,8 +1,10 @@
-"""``ptx data check NAME``: load every split of a dataset and summarise it, or say what is wrong."""
+"""``ptx data check NAME``: load every split of a dataset (or those named) and summarise it, or
+say what is wrong."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,17 +32,27 @@ def check_dataset(
     root: str | Path | None = None,
     image_size: int | None = None,
     cache: bool | str | Path = True,
+    splits: Sequence[str] | None = None,
     **options: Any,
 ) -> DatasetReport:
-    """Load each split of ``name`` (decoding every image once) and report per split."""
+    """Load each split of ``name`` (or those of ``splits``), decoding every image once, and
+    report per split; a split the dataset does not offer is an error naming those it does."""
     spec = get_dataset_spec(name)
     report = DatasetReport(name)
     try:
         data_root = resolve_root(root, spec) if spec.needs_root else None
-        splits = spec.available_splits(data_root, **options)
+        offered = spec.available_splits(data_root, **options)
     except DataError as exc:
         report.errors["*"] = str(exc)
         return report
+    unknown = [s for s in splits or () if s not in offered]
+    if unknown:
+        report.errors["*"] = (
+            f"{name} has no split {', '.join(map(repr, unknown))}; its splits here: "
+            f"{', '.join(offered)}"
+        )
+        return report
+    splits = list(splits) if splits else offered
     for split in splits:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -7,6 +7,7 @@ summaries count them and also report the mean with them scored 0. Accuracies are
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -123,8 +124,11 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
-def paired_table(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Every other strategy minus ``reference``, episode by episode (per episode setting).
+def paired_table(
+    rows: pd.DataFrame, reference: str, strategies: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Every other strategy (or those of ``strategies``) minus ``reference``, episode by episode
+    (per episode setting).
 
     Only episodes where neither strategy diverged enter (``n``); ``n_excluded`` counts the rest.
     ``mean_diff`` and ``ci95`` follow the :func:`~ptx_utils.core.stats.mean_ci95` convention,
@@ -133,40 +137,47 @@ def paired_table(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
     the statistics are NaN and ``n`` is 0.
 
     Raises:
-        ValueError: ``reference`` is not a strategy of ``rows``, or rows are duplicated.
+        ValueError: ``reference`` (or one of ``strategies``) is not a strategy of ``rows``, or
+            rows are duplicated.
     """
     _check_rows(rows, ("strategy", "episode", "accuracy"))
     names = list(dict.fromkeys(rows["strategy"]))
-    if reference not in names:
-        raise ValueError(
-            f"reference strategy {reference!r} is not among the results' strategies: "
-            f"{', '.join(names)}"
-        )
+    for name in [reference, *(strategies or [])]:
+        if name not in names:
+            raise ValueError(
+                f"strategy {name!r} is not among the results' strategies: {', '.join(names)}"
+            )
     setting = _setting_keys(rows)
-    frame = rows.assign(_acc=rows["accuracy"].where(~_failed(rows)))
+    frame = rows.assign(_acc=rows["accuracy"].where(~_failed(rows)), _row=True)
     out = []
     groups = frame.groupby(setting, sort=False) if setting else [((), frame)]
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
-        ref = group.loc[group["strategy"] == reference].set_index("episode")["_acc"]
-        for name in dict.fromkeys(group["strategy"]):
-            if name == reference:
-                continue
-            other = group.loc[group["strategy"] == name].set_index("episode")["_acc"]
-            both = pd.concat([other.rename("a"), ref.rename("b")], axis=1, join="outer")
-            usable = both.dropna()
+        here = list(dict.fromkeys(group["strategy"]))
+        acc = group.pivot(index="episode", columns="strategy", values="_acc")
+        present = group.pivot(index="episode", columns="strategy", values="_row").notna()
+        wanted = [n for n in (strategies or here) if n in here and n != reference]
+        for name in wanted:
+            a = acc[name].to_numpy(np.float64)
+            b = (
+                acc[reference].to_numpy(np.float64)
+                if reference in here
+                else np.full_like(a, np.nan)
+            )
+            has_row = present[name].to_numpy() | (
+                present[reference].to_numpy() if reference in here else False
+            )
+            usable = ~(np.isnan(a) | np.isnan(b))
             record: dict[str, Any] = {"strategy": name, "reference": reference}
             record.update(zip(setting, key, strict=True))
-            if len(usable):
-                record.update(
-                    paired_difference(usable["a"].to_numpy(), usable["b"].to_numpy()).to_dict()
-                )
+            if usable.any():
+                record.update(paired_difference(a[usable], b[usable]).to_dict())
             else:
                 record.update(
                     mean_diff=math.nan, ci95=math.nan, t=math.nan, p_value=math.nan, n=0,
                     wins=0, losses=0, ties=0,
                 )  # fmt: skip
-            record["n_excluded"] = len(both) - len(usable)
+            record["n_excluded"] = int(has_row.sum() - usable.sum())
             out.append(record)
     columns = [c for c in PAIRED_COLUMNS if c not in SETTING_COLUMNS or c in setting]
     return pd.DataFrame(out, columns=columns)

@@ -73,6 +73,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--root", help="data root (default: $PTX_DATA_ROOT)")
     check.add_argument("--image-size", type=int, help="side of the decoded images")
     check.add_argument(
+        "--split",
+        action="append",
+        dest="splits",
+        metavar="SPLIT",
+        help="check only this split (repeatable; default: every split)",
+    )
+    check.add_argument(
         "-o",
         "--option",
         action="append",
@@ -158,7 +165,11 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     try:
         report = check_dataset(
-            args.name, root=args.root, image_size=args.image_size, **dict(args.option)
+            args.name,
+            root=args.root,
+            image_size=args.image_size,
+            splits=args.splits,
+            **dict(args.option),
         )
     except DataError as exc:
         print(f"ptx data check: {exc}", file=sys.stderr)

@@ -44,7 +44,7 @@ _PRETRAIN: dict[str, dict[str, Any]] = {
         "epochs": 2,
         "epoch_images": 3200,
         "batch_size": 64,
-        "val_episodes": 20,
+        "val_episodes": 10,
     },
     # demo: the best validation epoch is the 3rd; the 4th shows the score turning down
     "demo": {"method": "baseline++", "epochs": 4, "batch_size": 64, "val_episodes": 50},

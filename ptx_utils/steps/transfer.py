@@ -238,8 +238,8 @@ def searched_differences(rows: pd.DataFrame, searched: str = "searched") -> pd.D
             f"rows need the strategy {searched!r} and at least one other; "
             f"got {sorted(set(rows['strategy']))}"
         )
-    tables = [paired_table(rows, ref) for ref in others]
-    differences = pd.concat([t[t["strategy"] == searched] for t in tables], ignore_index=True)
+    tables = [paired_table(rows, ref, strategies=[searched]) for ref in others]
+    differences = pd.concat(tables, ignore_index=True)
     # One block per setting, the references in the order of the strategies (as the summary).
     return differences.sort_values(["n_way", "k_shot"], kind="stable", ignore_index=True)
 
