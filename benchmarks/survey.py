@@ -229,7 +229,8 @@ def meta_learned_strategies(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of :func:`main` (``survey_queue.py`` checks its entries with it)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--root", default=None)
@@ -311,6 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
 

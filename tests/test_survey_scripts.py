@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [pytest.mark.usefixtures("one_torch_thread")]
 
 TINY_PRETRAIN = '{"epochs": 1, "epoch_images": 256, "batch_size": 64, "val_episodes": 4}'
 
@@ -24,6 +24,7 @@ def _script(repo_root: Path, name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "survey.json"
     args = [
@@ -80,6 +81,7 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     assert "| searched − searched |" in pairs and "| full fine-tune − full fine-tune |" in pairs
 
 
+@pytest.mark.slow
 def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "fn.json"
     _script(repo_root, "fn_2x2").main(
@@ -109,6 +111,7 @@ def test_fn_2x2_records_both_pretrainings(repo_root: Path, tmp_path: Path) -> No
     assert len(diffs) == 2 and all(-1 <= d["fn_minus_bn"]["mean_diff"] <= 1 for d in diffs)
 
 
+@pytest.mark.slow
 def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
     """A backbone pre-trained on one dataset, tested on another (a folder of 28 px grey
     images) loaded in the backbone's input format; its meta-learned rows train on its own."""
@@ -161,3 +164,30 @@ def test_survey_across_domains(repo_root: Path, tmp_path: Path) -> None:
     at_fp32 = [*args[: args.index("--search-precision")], "--out", str(only)]
     with pytest.raises(Exception, match="other settings"):  # not searched again at fp32
         survey.main(at_fp32)
+
+
+def test_the_survey_queue_holds_commands_the_survey_accepts(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    """Every queued run parses with survey.py's own parser (so the queue cannot rot), and an
+    entry is done only once its JSON holds every (target, shot) it asks for."""
+    queue = _script(repo_root, "survey_queue")
+    parser = _script(repo_root, "survey").build_parser()
+    entries = queue.load_queue()
+    assert entries and all((repo_root / e["script"]).is_file() for e in entries)
+    for entry in entries:
+        args = parser.parse_args(entry["args"])
+        assert args.out.startswith("benchmarks/results/") and args.work, entry["name"]
+    dial = next(e for e in entries if "--shift-levels" in e["args"])
+    assert queue.expected_results(dial) == 3
+    out = tmp_path / str(queue.option(dial, "--out"))
+    out.parent.mkdir(parents=True)
+    assert queue.status(dial, tmp_path) == "pending"
+    out.write_text(json.dumps({"results": [{}, {}]}))
+    assert queue.status(dial, tmp_path) == "partial (2/3)"
+    out.write_text(json.dumps({"results": [{}, {}, {}]}))
+    assert queue.status(dial, tmp_path) == "done"
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps([entries[0], entries[0]]))
+    with pytest.raises(ValueError, match="two entries share a name"):
+        queue.load_queue(twice)

@@ -1,0 +1,99 @@
+"""The long survey runs still to do, in order, one at a time: ``benchmarks/survey_queue.json``.
+
+    python benchmarks/survey_queue.py                   # every entry: done, partial or pending
+    nohup nice python benchmarks/survey_queue.py --run > queue.log 2>&1 &  # the unfinished
+    python benchmarks/survey_queue.py --run mini-imagenet-1shot         # only that one
+
+An entry is a script and its arguments (``name``, the ``issues`` it answers, ``what`` it
+measures). Every script it runs is resumable in its ``--work`` folder, so a run stopped anywhere
+continues where it was; the entry is done when its ``--out`` JSON holds a result for every
+(target, shot) it asks for. Runs go one after another in one process tree: two torch jobs on
+this project's 2 cores slow each other about tenfold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = ROOT / "benchmarks" / "survey_queue.json"
+
+
+def load_queue(path: Path = QUEUE) -> list[dict[str, Any]]:
+    """The entries of ``path``; names and ``--out`` / ``--work`` paths must be unique."""
+    entries = json.loads(path.read_text())
+    for key in ("name", "--out", "--work"):
+        seen = [e["name"] if key == "name" else option(e, key) for e in entries]
+        if len(seen) != len(set(seen)):
+            raise ValueError(f"{path}: two entries share a {key}: {sorted(seen)}")
+    return entries
+
+
+def option(entry: dict[str, Any], flag: str) -> str | None:
+    """The value after ``flag`` in the entry's arguments (None when absent)."""
+    args = entry["args"]
+    return args[args.index(flag) + 1] if flag in args else None
+
+
+def expected_results(entry: dict[str, Any]) -> int:
+    """How many (target, shot) results the entry's ``--out`` holds when it is done."""
+    args = entry["args"]
+
+    def values(flag: str) -> list[str]:
+        if flag not in args:
+            return []
+        rest = args[args.index(flag) + 1 :]
+        return rest[: next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
+
+    shots = values("--shots") or ["1", "5"]  # survey.py's default
+    return len(shots) * max(1, len(values("--shift-levels")))
+
+
+def status(entry: dict[str, Any], root: Path = ROOT) -> str:
+    """``done``, ``partial (i/n)`` (its JSON holds some results) or ``pending``."""
+    out = root / str(option(entry, "--out"))
+    n = expected_results(entry)
+    have = len(json.loads(out.read_text())["results"]) if out.is_file() else 0
+    return "done" if have >= n else f"partial ({have}/{n})" if have else "pending"
+
+
+def run(entry: dict[str, Any], root: Path = ROOT) -> int:
+    """The entry's script in a child process (cwd ``root``); its exit status."""
+    print(f"== {entry['name']}: {entry['what']}", flush=True)
+    return subprocess.call([sys.executable, entry["script"], *entry["args"]], cwd=root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--run", nargs="?", const="*", metavar="NAME", help="run NAME, or every unfinished entry"
+    )
+    p.add_argument("--queue", type=Path, default=QUEUE)
+    args = p.parse_args(argv)
+    entries = load_queue(args.queue)
+    if args.run is None:
+        for e in entries:
+            issues = ", ".join(f"#{i}" for i in e["issues"])
+            print(f"{e['name']:<34}{status(e):<15}{issues:<14}{e['what']}")
+        return 0
+    chosen = [e for e in entries if args.run in ("*", e["name"])]
+    if not chosen:
+        names = ", ".join(e["name"] for e in entries)
+        p.error(f"no entry {args.run!r} in {args.queue}; entries: {names}")
+    for e in chosen:
+        if status(e) == "done" and args.run == "*":
+            continue
+        code = run(e)
+        if code:
+            print(f"{e['name']} stopped with exit status {code}; the queue stops here", flush=True)
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
