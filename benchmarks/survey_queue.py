@@ -25,9 +25,10 @@ QUEUE = ROOT / "benchmarks" / "survey_queue.json"
 
 
 def load_queue(path: Path = QUEUE) -> list[dict[str, Any]]:
-    """The entries of ``path``; names and ``--out`` / ``--work`` paths must be unique."""
+    """The entries of ``path``; names and ``--out`` paths must be unique (entries may share a
+    ``--work`` folder: ``--only`` adds rows on the same search and episodes)."""
     entries = json.loads(path.read_text())
-    for key in ("name", "--out", "--work"):
+    for key in ("name", "--out"):
         seen = [e["name"] if key == "name" else option(e, key) for e in entries]
         if len(seen) != len(set(seen)):
             raise ValueError(f"{path}: two entries share a {key}: {sorted(seen)}")
