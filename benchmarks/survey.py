@@ -27,9 +27,10 @@ new head at the support prototypes (``docs/strategies.md``). A backbone of anoth
 target loaded in its input format, the meta-learned rows trained on its own base classes
 (``--train-dataset``, default the entry's dataset and splits). ``--only`` tests a subset (the
 searched scheme always); ``--search-precision`` reads a finished search made at another precision
-(bf16 on a machine with native bf16) while the test episodes run at ``--precision``. The JSON is
-rewritten after each (target, shot), so partial results land; the per-episode rows go to a CSV
-beside it.
+(bf16 on a machine with native bf16) while the test episodes run at ``--precision``;
+``--n-query`` changes the protocol's 15 query images per class (the tests' tiny budgets). The
+JSON is rewritten after each (target, shot), so partial results land; the per-episode rows go to
+a CSV beside it.
 """
 
 from __future__ import annotations

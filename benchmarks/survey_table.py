@@ -183,8 +183,12 @@ def compare(paths: list[Path], pairs: list[str], shot: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", type=Path, nargs="+")
-    p.add_argument("--routing-figure", type=Path, default=None,
-                   help="write SpotTune's routing figure of all the JSON files to this stem")
+    p.add_argument(
+        "--routing-figure",
+        type=Path,
+        default=None,
+        help="write SpotTune's routing figure of all the JSON files to this stem",
+    )
     p.add_argument("--shot", type=int, default=1, help="the routing figure's (or --compare's) shot")
     p.add_argument(
         "--compare",
