@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from ptx_utils.search import SearchConfig, SearchError, evolve
+from ptx_utils.search.stages import STAGES_FILE
 
 LAYERS = ["l1", "l2", "l3", "l4"]
 ZOO = (0.0, 0.01, 0.1)
@@ -65,6 +67,45 @@ def test_racing_is_deterministic_and_resumes_exactly(tmp_path) -> None:
     assert resumed.candidates == once.candidates
     with pytest.raises(SearchError, match="racing"):
         evolve(ToyFitness(), LAYERS, _config(), tmp_path / "c", progress=False)
+
+
+class Stopped(Exception):
+    """Stands for the job killed in the middle of a generation."""
+
+
+class StoppingFitness(ToyFitness):
+    """ToyFitness that counts its calls and stops at call ``stop_at`` (1-based), if given."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        super().__init__()
+        self.calls, self.stop_at = 0, stop_at
+
+    def __call__(self, schemes, desc="", episodes=None):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            raise Stopped
+        return super().__call__(schemes, desc, episodes)
+
+
+def test_a_search_stopped_inside_a_generation_resumes_from_its_last_call(tmp_path) -> None:
+    """Each racing stage's scores are logged as it ends: the resumed search repeats no finished
+    call of the interrupted generation and ends with exactly the uninterrupted candidates."""
+    config = _config(racing=True, race_episodes=2)
+    straight = StoppingFitness()
+    once = evolve(straight, LAYERS, config, tmp_path / "a", progress=False)
+    assert straight.calls > 6  # generation 0 is one call, later ones a call per racing stage
+    stop_at = straight.calls - 2  # inside the last generation, after some of its stages
+    with pytest.raises(Stopped):
+        evolve(StoppingFitness(stop_at), LAYERS, config, tmp_path / "b", progress=False)
+    log = json.loads((tmp_path / "b" / STAGES_FILE).read_text())
+    done = len(log["calls"])
+    assert log["generation"] == config.generations - 1 and done >= 1
+    again = StoppingFitness()
+    resumed = evolve(again, LAYERS, config, tmp_path / "b", progress=False)
+    assert resumed.candidates == once.candidates
+    assert [c.accuracies for c in resumed.candidates] == [c.accuracies for c in once.candidates]
+    assert again.calls == straight.calls - (stop_at - 1)  # only the calls never finished
+    assert not (tmp_path / "b" / STAGES_FILE).exists()  # dropped once the generation is saved
 
 
 def test_racing_settings_are_checked() -> None:

@@ -2,8 +2,9 @@
 
 Generation 0 is random; later generations breed from the best ``top_k`` evaluated so far
 (evolution) or draw at random again (random search), never re-evaluating a scheme. With
-``out_dir`` the state is saved after every generation and a restarted search resumes where it
-stopped. The algorithm, determinism and resume are described in ``docs/search.md``.
+``out_dir`` the state is saved after every generation, each fitness call of the generation in
+progress as it ends (:mod:`.stages`), and a restarted search resumes where it stopped. The
+algorithm, determinism and resume are described in ``docs/search.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ptx_utils.search.result import (
     SearchResult,
 )
 from ptx_utils.search.space import SearchSpace
+from ptx_utils.search.stages import StageLog
 
 
 def _differences(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
@@ -142,10 +144,12 @@ def evolve(
         schemes = [space.scheme(lrs) for lrs, _ in proposals]
         start = time.perf_counter()
         desc = f"generation {g + 1}/{config.generations}"
+        log = None if result.out_dir is None else StageLog(fitness, result.out_dir, g)
+        scorer = fitness if log is None else log
         if config.racing:
-            rows, raced = race(fitness, schemes, result.candidates, config, desc)
+            rows, raced = race(scorer, schemes, result.candidates, config, desc)
         else:
-            accuracies = np.asarray(fitness(schemes, desc=desc), dtype=np.float64)
+            accuracies = np.asarray(scorer(schemes, desc=desc), dtype=np.float64)
             if accuracies.ndim != 2 or accuracies.shape[0] != len(schemes):
                 raise SearchError(
                     f"the fitness returned an array of shape {accuracies.shape}; expected "
@@ -185,6 +189,8 @@ def evolve(
         result.curve = result.curve.reset_index(drop=True)
         result.elapsed_seconds += seconds
         result.save()
+        if log is not None:
+            log.clear()
         report = GenerationReport(
             generation=g,
             generations=config.generations,
