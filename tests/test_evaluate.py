@@ -299,14 +299,13 @@ def test_checkpointed_evaluation_resumes_per_strategy(
     # The kill: the second strategy's metadata (written last) never made it to disk.
     (tmp_path / "5way_2shot_4query_full-fine-tune.json").unlink()
     evaluated: list[list[str]] = []
-    real = harness.evaluate_strategies
+    real, inner = harness.evaluate_strategies, harness._evaluate
 
     def spy(backbone, strategies, *args, **kwargs):
-        if kwargs.get("checkpoint_dir") is None:
-            evaluated.append(list(strategies))
-        return real(backbone, strategies, *args, **kwargs)
+        evaluated.append(list(strategies))
+        return inner(backbone, strategies, *args, **kwargs)
 
-    monkeypatch.setattr(harness, "evaluate_strategies", spy)
+    monkeypatch.setattr(harness, "_evaluate", spy)
     resumed = harness.evaluate_strategies(
         backbone, strategies, dataset, episodes, CFG, RUNTIME, **run
     )
@@ -320,6 +319,59 @@ def test_checkpointed_evaluation_resumes_per_strategy(
         real(backbone, strategies, dataset, episodes, FinetuneConfig(passes=3), RUNTIME, **run)
     with pytest.raises(ValueError, match="for other settings"):
         real(backbone, strategies, dataset, episodes, CFG, Runtime(seed=SEED + 1), **run)
+
+
+def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    conv4: Backbone,
+    synthetic_test: FewShotDataset,
+) -> None:
+    """With a checkpoint directory a strategy's test episodes run in blocks, each saved: a job
+    stopped after a block loses no finished block, and on CPU the rows equal one call over all
+    episodes exactly (blocks are whole chunks of the engine, so they train the same chunks)."""
+    from ptx_utils.finetuning import fixed
+
+    monkeypatch.setattr(harness, "BLOCK_EPISODES", 4)
+    episodes = sample_episodes(synthetic_test, 5, 1, 3, 10, seed=4)
+    quick = FinetuneConfig(passes=2)
+    runtime = Runtime(progress=False, precision="fp32", chunk_size=2)
+    named = {
+        "full fine-tune": full_finetune(4),
+        "logistic regression": fixed.logistic_regression(4),
+        "TSA": fixed.tsa(4, steps=2),
+        "SpotTune": fixed.spottune(4),
+        "SpotTune (argmax)": fixed.spottune(4, inference="argmax"),
+    }
+    whole = ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime).rows
+    calls: list[tuple[list[str], int]] = []
+    inner = harness._evaluate
+
+    def stop_at_second_block(backbone, group, dataset, eps, cfg, rt, engine, offset=0, desc=""):
+        calls.append((list(group), offset))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return inner(backbone, group, dataset, eps, cfg, rt, engine, offset, desc)
+
+    monkeypatch.setattr(harness, "_evaluate", stop_at_second_block)
+    run = {"checkpoint_dir": tmp_path}
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "5way_1shot_3query_full-fine-tune.block000.csv",
+        "5way_1shot_3query_full-fine-tune.block000.json",
+    ]
+    offsets: list[int] = []
+
+    def record_offsets(backbone, group, dataset, eps, cfg, rt, engine, offset=0, desc=""):
+        offsets.append(offset)
+        return inner(backbone, group, dataset, eps, cfg, rt, engine, offset, desc)
+
+    monkeypatch.setattr(harness, "_evaluate", record_offsets)
+    resumed = ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+    assert offsets[:2] == [4, 8]  # the full fine-tune's blocks 2 and 3; block 1 was read back
+    pd.testing.assert_frame_equal(resumed.rows, whole)
+    assert not list(tmp_path.glob("*.block*"))  # the strategies' files hold every episode
 
 
 def test_real_batched_engine_agrees_with_sequential(

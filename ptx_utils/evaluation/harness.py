@@ -3,7 +3,8 @@
 Replica (strategy, episode i) is seeded with :func:`~ptx_utils.finetuning.replica_seed`
 ``(seed, i)`` whatever the strategy, so strategies differ on an episode only by how they adapt
 and :func:`~ptx_utils.evaluation.tables.paired_table` compares them episode by episode. With a
-checkpoint directory each strategy's rows are saved when done and reused on a re-run.
+checkpoint directory each strategy's rows are saved when done, its progress every
+:data:`BLOCK_EPISODES` episodes, and both are reused on a re-run.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def evaluate_strategies(
         cfg: the fine-tuning protocol (None: the paper's :class:`FinetuneConfig` defaults).
         runtime: seed (replica i uses ``replica_seed(seed, i)``), device, chunk size, progress.
         engine: ``"sequential"`` (the reference), ``"batched"`` or None (the default engine).
-        checkpoint_dir: save each strategy's rows there when done (:func:`strategy_checkpoint`)
+        checkpoint_dir: save each strategy's rows there when done (:func:`strategy_checkpoint`;
+            its progress every :data:`BLOCK_EPISODES` episodes)
             and reuse those saved for the same episodes, strategy, seed and protocol; a saved
             file for other settings is refused. Resumed rows equal an uninterrupted run's.
 
@@ -116,10 +118,26 @@ def evaluate_strategies(
         raise ValueError(f"engine must be one of {ENGINES} or None (the default), got {engine!r}")
     if episodes.n_query < 1:
         raise ValueError("evaluation needs query images; sample episodes with n_query >= 1")
+    return _evaluate(backbone, named, dataset, episodes, cfg, runtime, engine)
+
+
+def _evaluate(
+    backbone: Backbone,
+    named: dict[str, Strategy],
+    dataset: FewShotDataset,
+    episodes: Episodes,
+    cfg: FinetuneConfig,
+    runtime: Runtime,
+    engine: str,
+    offset: int = 0,
+    desc: str = "fine-tuning",
+) -> Evaluation:
+    """The harness on ``episodes``, which are episodes ``offset``, ``offset + 1``, ... of the
+    evaluation: rows and replica seeds carry those positions."""
     model, tensors = place_episodes(backbone, dataset, episodes, runtime.device)
     n_way, n_episodes = episodes.n_way, len(episodes)
     plan = [(name, e) for name in named for e in range(n_episodes)]
-    seeds = [replica_seed(runtime.seed, e) for _, e in plan]
+    seeds = [replica_seed(runtime.seed, offset + e) for _, e in plan]
     accuracy, diverged = replica_accuracies(
         model,
         [named[name] for name, _ in plan],
@@ -131,6 +149,7 @@ def evaluate_strategies(
         engine=engine,
         chunk_size=runtime.chunk_size,
         progress=runtime.progress,
+        desc=desc,
         precision=runtime.torch_precision(),
         executor=runtime.where(),
     )
@@ -138,7 +157,7 @@ def evaluate_strategies(
         {
             "strategy": [name for name, _ in plan],
             "scheme": [str(named[name]) for name, _ in plan],
-            "episode": np.array([e for _, e in plan], dtype=np.int64),
+            "episode": np.array([offset + e for _, e in plan], dtype=np.int64),
             "n_way": n_way,
             "k_shot": episodes.k_shot,
             "n_query": episodes.n_query,
@@ -148,9 +167,24 @@ def evaluate_strategies(
         },
         columns=list(ROW_COLUMNS),
     )
-    meta = {
+    return Evaluation(
+        rows, _meta(engine, str(tensors[0].device), runtime, episodes, dataset, cfg, named)
+    )
+
+
+def _meta(
+    engine: str,
+    device: str,
+    runtime: Runtime,
+    episodes: Episodes,
+    dataset: FewShotDataset,
+    cfg: FinetuneConfig,
+    named: Mapping[str, Strategy],
+) -> dict[str, Any]:
+    """An evaluation's metadata (:attr:`Evaluation.meta`)."""
+    return {
         "engine": engine,
-        "device": str(tensors[0].device),
+        "device": device,
         "precision": runtime.torch_precision(),
         "seed": runtime.seed,
         "episodes_digest": episodes.digest(),
@@ -160,7 +194,6 @@ def evaluate_strategies(
         "finetune_config": asdict(cfg),
         "strategies": {name: s.to_dict() for name, s in named.items()},
     }
-    return Evaluation(rows, meta)
 
 
 def strategy_checkpoint(checkpoint_dir: str | Path, episodes: Episodes, strategy: str) -> Path:
@@ -224,7 +257,9 @@ def _evaluate_resumable(
             n: s for n, s in strategies.items()
             if n not in done and s.trained_as() == strategy.trained_as()
         }  # fmt: skip
-        evaluation = evaluate_strategies(backbone, group, dataset, episodes, cfg, runtime, engine)
+        evaluation = _evaluate_in_blocks(
+            backbone, group, dataset, episodes, cfg, runtime, engine, checkpoint_dir
+        )
         for n in group:
             rows = evaluation.rows[evaluation.rows["strategy"] == n].reset_index(drop=True)
             meta = json.loads(json.dumps(evaluation.meta, default=str))
@@ -233,6 +268,8 @@ def _evaluate_resumable(
             atomic_write_text(path, rows.to_csv(index=False))
             atomic_write_json(path.with_suffix(".json"), meta)
             done[n] = (rows, meta)
+        for block in _block_files(checkpoint_dir, episodes, group):
+            block.unlink(missing_ok=True)  # the strategies' files hold every episode now
     frames = [done[n][0][list(ROW_COLUMNS)] for n in strategies]
     metas = [done[n][1] for n in strategies]
     meta = {**metas[0], **expected}
@@ -240,3 +277,69 @@ def _evaluate_resumable(
     meta["engine"] = ", ".join(dict.fromkeys(m["engine"] for m in metas))
     meta["strategies"] = {name: s.to_dict() for name, s in strategies.items()}
     return Evaluation(pd.concat(frames, ignore_index=True), meta)
+
+
+#: Test episodes a strategy is evaluated on between two saves of its progress (a multiple of
+#: the engine's CPU chunk sizes, 32 and 16, so a block trains exactly the chunks a single call
+#: over every episode would: resumed rows equal uninterrupted ones).
+BLOCK_EPISODES = 96
+
+
+def _block_files(checkpoint_dir: Path, episodes: Episodes, group: Mapping[str, Any]) -> list[Path]:
+    """The saved blocks of ``group`` (strategies trained together): ``<first stem>.block<i>``,
+    CSV (rows) and JSON (what they were made with)."""
+    stem = strategy_checkpoint(checkpoint_dir, episodes, next(iter(group))).stem
+    return sorted(checkpoint_dir.glob(f"{stem}.block*.*"))
+
+
+def _evaluate_in_blocks(
+    backbone: Backbone,
+    group: dict[str, Strategy],
+    dataset: FewShotDataset,
+    episodes: Episodes,
+    cfg: FinetuneConfig,
+    runtime: Runtime,
+    engine: str | None,
+    checkpoint_dir: Path,
+) -> Evaluation:
+    """``group`` on ``episodes`` :data:`BLOCK_EPISODES` at a time (a multiple of the runtime's
+    chunk size when it has one), each block's rows saved with what they were made with and
+    reused by a re-run with the same settings."""
+    engine = default_engine() if engine is None else engine
+    chunk = runtime.chunk_size
+    size = BLOCK_EPISODES if chunk is None else chunk * max(1, BLOCK_EPISODES // chunk)
+    first = strategy_checkpoint(checkpoint_dir, episodes, next(iter(group)))
+    made_with = {
+        "episodes_digest": episodes.digest(),
+        "dataset_fingerprint": episodes.dataset_fingerprint,
+        "seed": runtime.seed,
+        "finetune_config": asdict(cfg),
+        "precision": runtime.torch_precision(),
+        "strategies": {n: s.to_dict() for n, s in group.items()},
+    }
+    made_with = json.loads(json.dumps(made_with, default=str))  # as it reads back
+    parts, devices = [], []
+    for b, start in enumerate(range(0, len(episodes), size)):
+        block = first.with_name(f"{first.stem}.block{b:03d}.csv")
+        record = block.with_suffix(".json")
+        if record.is_file() and json.loads(record.read_text()).get("made_with") == made_with:
+            rows = pd.read_csv(block, keep_default_na=False, na_values=[""])
+            rows["accuracy"] = rows["accuracy"].astype(float)
+            rows["diverged"] = rows["diverged"].astype(bool)
+            parts.append(rows)
+            devices.append(json.loads(record.read_text())["device"])
+            continue
+        sub = episodes[start : start + size]
+        desc = f"test episodes {start + 1}-{start + len(sub)} of {len(episodes)}"
+        out = _evaluate(backbone, group, dataset, sub, cfg, runtime, engine, start, desc)
+        atomic_write_text(block, out.rows.to_csv(index=False))
+        atomic_write_json(record, {"made_with": made_with, "device": out.meta["device"]})
+        parts.append(out.rows)
+        devices.append(out.meta["device"])
+    order = {n: i for i, n in enumerate(group)}
+    rows = pd.concat(parts, ignore_index=True).sort_values(
+        ["strategy", "episode"], key=lambda c: c.map(order) if c.name == "strategy" else c,
+        kind="stable", ignore_index=True,
+    )  # fmt: skip
+    device = ", ".join(dict.fromkeys(devices))
+    return Evaluation(rows, _meta(engine, device, runtime, episodes, dataset, cfg, group))
