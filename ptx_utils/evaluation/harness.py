@@ -245,10 +245,7 @@ def _evaluate_resumable(
                     "fine-tuning protocol, precision or strategy differ); use another checkpoint "
                     "directory or remove that file to evaluate again"
                 )
-            rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
-            rows["accuracy"] = rows["accuracy"].astype(float)
-            rows["diverged"] = rows["diverged"].astype(bool)
-            done[name] = (rows, meta)
+            done[name] = (_read_rows(path), meta)
     for name, strategy in strategies.items():
         if name in done:
             continue
@@ -277,6 +274,14 @@ def _evaluate_resumable(
     meta["engine"] = ", ".join(dict.fromkeys(m["engine"] for m in metas))
     meta["strategies"] = {name: s.to_dict() for name, s in strategies.items()}
     return Evaluation(pd.concat(frames, ignore_index=True), meta)
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    """Saved rows as the harness made them (NaN accuracy where diverged)."""
+    rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    rows["accuracy"] = rows["accuracy"].astype(float)
+    rows["diverged"] = rows["diverged"].astype(bool)
+    return rows
 
 
 #: Test episodes a strategy is evaluated on between two saves of its progress (a multiple of
@@ -323,10 +328,7 @@ def _evaluate_in_blocks(
         block = first.with_name(f"{first.stem}.block{b:03d}.csv")
         record = block.with_suffix(".json")
         if record.is_file() and json.loads(record.read_text()).get("made_with") == made_with:
-            rows = pd.read_csv(block, keep_default_na=False, na_values=[""])
-            rows["accuracy"] = rows["accuracy"].astype(float)
-            rows["diverged"] = rows["diverged"].astype(bool)
-            parts.append(rows)
+            parts.append(_read_rows(block))
             devices.append(json.loads(record.read_text())["device"])
             continue
         sub = episodes[start : start + size]
