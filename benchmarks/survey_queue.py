@@ -1,6 +1,6 @@
 """The long survey runs still to do, in order, one at a time: ``benchmarks/survey_queue.json``.
 
-    python benchmarks/survey_queue.py                   # every entry: done, partial or pending
+    python benchmarks/survey_queue.py          # every entry: done, partial, started, pending
     nohup nice python benchmarks/survey_queue.py --run > queue.log 2>&1 &  # the unfinished
     python benchmarks/survey_queue.py --run mini-imagenet-1shot         # only that one
 
@@ -56,11 +56,15 @@ def expected_results(entry: dict[str, Any]) -> int:
 
 
 def status(entry: dict[str, Any], root: Path = ROOT) -> str:
-    """``done``, ``partial (i/n)`` (its JSON holds some results) or ``pending``."""
+    """``done``, ``partial (i/n)`` (its JSON holds some results), ``started`` (its work folder
+    holds resumable state, no result yet) or ``pending``."""
     out = root / str(option(entry, "--out"))
     n = expected_results(entry)
     have = len(json.loads(out.read_text())["results"]) if out.is_file() else 0
-    return "done" if have >= n else f"partial ({have}/{n})" if have else "pending"
+    if have:
+        return "done" if have >= n else f"partial ({have}/{n})"
+    work = root / str(option(entry, "--work"))
+    return "started" if work.is_dir() and any(work.iterdir()) else "pending"
 
 
 def run(entry: dict[str, Any], root: Path = ROOT) -> int:

@@ -183,6 +183,8 @@ def test_the_survey_queue_holds_commands_the_survey_accepts(
     out = tmp_path / str(queue.option(dial, "--out"))
     out.parent.mkdir(parents=True)
     assert queue.status(dial, tmp_path) == "pending"
+    (tmp_path / str(queue.option(dial, "--work")) / "pretrain").mkdir(parents=True)
+    assert queue.status(dial, tmp_path) == "started"
     out.write_text(json.dumps({"results": [{}, {}]}))
     assert queue.status(dial, tmp_path) == "partial (2/3)"
     out.write_text(json.dumps({"results": [{}, {}, {}]}))
