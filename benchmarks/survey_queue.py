@@ -60,7 +60,7 @@ def status(entry: dict[str, Any], root: Path = ROOT) -> str:
     holds resumable state, no result yet) or ``pending``."""
     out = root / str(option(entry, "--out"))
     n = expected_results(entry)
-    have = len(json.loads(out.read_text())["results"]) if out.is_file() else 0
+    have = len(json.loads(out.read_text()).get("results", [])) if out.is_file() else 0
     if have:
         return "done" if have >= n else f"partial ({have}/{n})"
     work = root / str(option(entry, "--work"))

@@ -330,9 +330,10 @@ def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
     """With a checkpoint directory a strategy's test episodes run in blocks, each saved: a job
     stopped after a block loses no finished block, and on CPU the rows equal one call over all
     episodes exactly (blocks are whole chunks of the engine, so they train the same chunks)."""
-    from ptx_utils.finetuning import fixed
+    from ptx_utils.finetuning import batched, fixed
 
     monkeypatch.setattr(harness, "BLOCK_EPISODES", 4)
+    monkeypatch.setattr(batched, "_CLOSED_FORM_EPISODES", 2)  # blocks of 4 = two of its fits
     episodes = sample_episodes(synthetic_test, 5, 1, 3, 10, seed=4)
     quick = FinetuneConfig(passes=2)
     runtime = Runtime(progress=False, precision="fp32", chunk_size=2)
@@ -358,8 +359,8 @@ def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "5way_1shot_3query_full-fine-tune.block000.csv",
-        "5way_1shot_3query_full-fine-tune.block000.json",
+        "5way_1shot_3query_full-fine-tune.block00000-00003.csv",
+        "5way_1shot_3query_full-fine-tune.block00000-00003.json",
     ]
     offsets: list[int] = []
 
@@ -370,8 +371,34 @@ def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
     monkeypatch.setattr(harness, "_evaluate", record_offsets)
     resumed = ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
     assert offsets[:2] == [4, 8]  # the full fine-tune's blocks 2 and 3; block 1 was read back
-    pd.testing.assert_frame_equal(resumed.rows, whole)
+    pd.testing.assert_frame_equal(resumed.rows, whole, check_exact=True)
     assert not list(tmp_path.glob("*.block*"))  # the strategies' files hold every episode
+    # a block made with other settings (here another chunk size) is not read but redone; one
+    # whose rows are not the episodes its record names is refused
+    for p in tmp_path.glob("5way_1shot_3query_full-fine-tune.*"):
+        p.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        monkeypatch.setattr(harness, "_evaluate", stop_at_second_block)
+        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+    other = Runtime(progress=False, precision="fp32", chunk_size=4)
+    offsets.clear()
+    monkeypatch.setattr(harness, "_evaluate", record_offsets)
+    again = ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, other, **run)
+    assert offsets[:3] == [0, 4, 8]
+    assert list(again.rows["episode"]) == list(whole["episode"])
+    for p in tmp_path.glob("5way_1shot_3query_full-fine-tune.*"):
+        p.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        calls.clear()
+        monkeypatch.setattr(harness, "_evaluate", stop_at_second_block)
+        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+    block = tmp_path / "5way_1shot_3query_full-fine-tune.block00000-00003.csv"
+    rows = pd.read_csv(block)
+    rows.loc[0, "episode"] = 7
+    block.write_text(rows.to_csv(index=False))
+    with pytest.raises(ValueError, match="does not hold episodes 0-3"):
+        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
 
 
 def test_real_batched_engine_agrees_with_sequential(

@@ -106,6 +106,15 @@ def test_a_search_stopped_inside_a_generation_resumes_from_its_last_call(tmp_pat
     assert [c.accuracies for c in resumed.candidates] == [c.accuracies for c in once.candidates]
     assert again.calls == straight.calls - (stop_at - 1)  # only the calls never finished
     assert not (tmp_path / "b" / STAGES_FILE).exists()  # dropped once the generation is saved
+    # a log whose state is gone belongs to no search: a fresh search there drops it
+    with pytest.raises(Stopped):
+        evolve(StoppingFitness(stop_at), LAYERS, config, tmp_path / "c", progress=False)
+    (tmp_path / "c" / "state.json").unlink()
+    fresh = StoppingFitness()
+    assert (
+        evolve(fresh, LAYERS, config, tmp_path / "c", progress=False).candidates == once.candidates
+    )
+    assert fresh.calls == straight.calls
 
 
 def test_racing_settings_are_checked() -> None:

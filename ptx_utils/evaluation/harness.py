@@ -10,6 +10,7 @@ checkpoint directory each strategy's rows are saved when done, its progress ever
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,15 +110,15 @@ def evaluate_strategies(
     runtime = Runtime() if runtime is None else runtime
     cfg = FinetuneConfig() if cfg is None else cfg
     named = check_strategies(strategies, backbone.layer_names())
-    if checkpoint_dir is not None:
-        return _evaluate_resumable(
-            backbone, named, dataset, episodes, cfg, runtime, engine, Path(checkpoint_dir)
-        )
     engine = default_engine() if engine is None else engine
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES} or None (the default), got {engine!r}")
     if episodes.n_query < 1:
         raise ValueError("evaluation needs query images; sample episodes with n_query >= 1")
+    if checkpoint_dir is not None:
+        return _evaluate_resumable(
+            backbone, named, dataset, episodes, cfg, runtime, engine, Path(checkpoint_dir)
+        )
     return _evaluate(backbone, named, dataset, episodes, cfg, runtime, engine)
 
 
@@ -214,7 +215,7 @@ def _evaluate_resumable(
     episodes: Episodes,
     cfg: FinetuneConfig,
     runtime: Runtime,
-    engine: str | None,
+    engine: str,
     checkpoint_dir: Path,
 ) -> Evaluation:
     """:func:`evaluate_strategies` one strategy at a time (those that train alike together),
@@ -265,8 +266,8 @@ def _evaluate_resumable(
             atomic_write_text(path, rows.to_csv(index=False))
             atomic_write_json(path.with_suffix(".json"), meta)
             done[n] = (rows, meta)
-        for block in _block_files(checkpoint_dir, episodes, group):
-            block.unlink(missing_ok=True)  # the strategies' files hold every episode now
+    for block in _block_files(checkpoint_dir, episodes, list(strategies)):
+        block.unlink(missing_ok=True)  # the strategies' files hold every episode now
     frames = [done[n][0][list(ROW_COLUMNS)] for n in strategies]
     metas = [done[n][1] for n in strategies]
     meta = {**metas[0], **expected}
@@ -277,24 +278,38 @@ def _evaluate_resumable(
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
-    """Saved rows as the harness made them (NaN accuracy where diverged)."""
-    rows = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    """Saved rows as the harness made them (names as text, NaN accuracy where diverged)."""
+    text = {"strategy": str, "scheme": str}
+    rows = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
     rows["accuracy"] = rows["accuracy"].astype(float)
     rows["diverged"] = rows["diverged"].astype(bool)
     return rows
 
 
-#: Test episodes a strategy is evaluated on between two saves of its progress (a multiple of
-#: the engine's CPU chunk sizes, 32 and 16, so a block trains exactly the chunks a single call
-#: over every episode would: resumed rows equal uninterrupted ones).
-BLOCK_EPISODES = 96
+#: Test episodes a strategy is evaluated on between two saves of its progress, on a CPU: a
+#: multiple of every batch the engine forms across episodes there (SGD chunks of 32 replicas,
+#: attachment / SpotTune / CaSE / MAML chunks of 16, closed-form fits of 64 episodes), so a
+#: block trains and fits exactly the batches one call over every episode would.
+BLOCK_EPISODES = 192
 
 
-def _block_files(checkpoint_dir: Path, episodes: Episodes, group: Mapping[str, Any]) -> list[Path]:
-    """The saved blocks of ``group`` (strategies trained together): ``<first stem>.block<i>``,
-    CSV (rows) and JSON (what they were made with)."""
-    stem = strategy_checkpoint(checkpoint_dir, episodes, next(iter(group))).stem
-    return sorted(checkpoint_dir.glob(f"{stem}.block*.*"))
+def _block_size(runtime: Runtime, n_episodes: int) -> int:
+    """Episodes a block: :data:`BLOCK_EPISODES` (rounded up to a multiple of the runtime's chunk
+    size and the closed-form batch); all of them on CUDA or Ray, whose chunks follow the call."""
+    from ptx_utils.finetuning import batched
+
+    if runtime.where().kind != "local" or runtime.torch_device().type != "cpu":
+        return max(1, n_episodes)
+    chunks = (runtime.chunk_size,) if runtime.chunk_size else (32, batched._CHUNK)
+    unit = math.lcm(*chunks, batched._CLOSED_FORM_EPISODES)
+    return unit * -(-BLOCK_EPISODES // unit)
+
+
+def _block_files(checkpoint_dir: Path, episodes: Episodes, names: Sequence[str]) -> list[Path]:
+    """The saved blocks of strategies ``names``: ``<stem>.block<first>-<last episode>.{csv,json}``
+    beside each strategy's file."""
+    stems = [strategy_checkpoint(checkpoint_dir, episodes, n).stem for n in names]
+    return sorted(p for stem in stems for p in checkpoint_dir.glob(f"{stem}.block*.*"))
 
 
 def _evaluate_in_blocks(
@@ -304,15 +319,12 @@ def _evaluate_in_blocks(
     episodes: Episodes,
     cfg: FinetuneConfig,
     runtime: Runtime,
-    engine: str | None,
+    engine: str,
     checkpoint_dir: Path,
 ) -> Evaluation:
-    """``group`` on ``episodes`` :data:`BLOCK_EPISODES` at a time (a multiple of the runtime's
-    chunk size when it has one), each block's rows saved with what they were made with and
-    reused by a re-run with the same settings."""
-    engine = default_engine() if engine is None else engine
-    chunk = runtime.chunk_size
-    size = BLOCK_EPISODES if chunk is None else chunk * max(1, BLOCK_EPISODES // chunk)
+    """``group`` on ``episodes`` a block at a time (:func:`_block_size`), each block's rows saved
+    with what they were made with and reused by a re-run with the same settings."""
+    size = _block_size(runtime, len(episodes))
     first = strategy_checkpoint(checkpoint_dir, episodes, next(iter(group)))
     made_with = {
         "episodes_digest": episodes.digest(),
@@ -320,28 +332,43 @@ def _evaluate_in_blocks(
         "seed": runtime.seed,
         "finetune_config": asdict(cfg),
         "precision": runtime.torch_precision(),
-        "strategies": {n: s.to_dict() for n, s in group.items()},
+        "chunk_size": runtime.chunk_size,
+        "strategies": {n: s.portable().to_dict() for n, s in group.items()},
     }
-    made_with = json.loads(json.dumps(made_with, default=str))  # as it reads back
-    parts, devices = [], []
-    for b, start in enumerate(range(0, len(episodes), size)):
-        block = first.with_name(f"{first.stem}.block{b:03d}.csv")
+    parts, devices, engines = [], [], []
+    for start in range(0, len(episodes), size):
+        stop = min(len(episodes), start + size)
+        block = first.with_name(f"{first.stem}.block{start:05d}-{stop - 1:05d}.csv")
         record = block.with_suffix(".json")
-        if record.is_file() and json.loads(record.read_text()).get("made_with") == made_with:
-            parts.append(_read_rows(block))
-            devices.append(json.loads(record.read_text())["device"])
+        asked = json.loads(json.dumps({**made_with, "episodes": [start, stop]}, default=str))
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+        if saved.get("made_with") == asked:
+            rows = _read_rows(block)
+            expected = [(n, e) for n in group for e in range(start, stop)]
+            if list(zip(rows["strategy"], rows["episode"], strict=True)) != expected:
+                raise ValueError(
+                    f"{block} does not hold episodes {start}-{stop - 1} of {list(group)} as its "
+                    "record says; remove it (and its .json) to evaluate that block again"
+                )
+            parts.append(rows)
+            devices.append(saved["device"])
+            engines.append(saved["engine"])
             continue
-        sub = episodes[start : start + size]
-        desc = f"test episodes {start + 1}-{start + len(sub)} of {len(episodes)}"
+        sub = episodes[start:stop]
+        desc = f"test episodes {start + 1}-{stop} of {len(episodes)}"
         out = _evaluate(backbone, group, dataset, sub, cfg, runtime, engine, start, desc)
         atomic_write_text(block, out.rows.to_csv(index=False))
-        atomic_write_json(record, {"made_with": made_with, "device": out.meta["device"]})
+        device = out.meta["device"]
+        atomic_write_json(record, {"made_with": asked, "device": device, "engine": engine})
         parts.append(out.rows)
-        devices.append(out.meta["device"])
+        devices.append(device)
+        engines.append(engine)
+    if not parts:  # no episodes
+        return _evaluate(backbone, group, dataset, episodes, cfg, runtime, engine)
     order = {n: i for i, n in enumerate(group)}
     rows = pd.concat(parts, ignore_index=True).sort_values(
         ["strategy", "episode"], key=lambda c: c.map(order) if c.name == "strategy" else c,
         kind="stable", ignore_index=True,
     )  # fmt: skip
-    device = ", ".join(dict.fromkeys(devices))
-    return Evaluation(rows, _meta(engine, device, runtime, episodes, dataset, cfg, group))
+    device, engines_used = (", ".join(dict.fromkeys(v)) for v in (devices, engines))
+    return Evaluation(rows, _meta(engines_used, device, runtime, episodes, dataset, cfg, group))

@@ -156,7 +156,9 @@ def paired_table(
         here = list(dict.fromkeys(group["strategy"]))
         acc = group.pivot(index="episode", columns="strategy", values="_acc")
         present = group.pivot(index="episode", columns="strategy", values="_row").notna()
-        wanted = [n for n in (strategies or here) if n in here and n != reference]
+        wanted = [
+            n for n in (here if strategies is None else strategies) if n in here and n != reference
+        ]
         for name in wanted:
             a = acc[name].to_numpy(np.float64)
             b = (

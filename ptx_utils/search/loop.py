@@ -38,7 +38,7 @@ from ptx_utils.search.result import (
     SearchResult,
 )
 from ptx_utils.search.space import SearchSpace
-from ptx_utils.search.stages import StageLog
+from ptx_utils.search.stages import StageLog, drop_log
 
 
 def _differences(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
@@ -128,6 +128,7 @@ def evolve(
         )
         if result.out_dir is not None:
             result.out_dir.mkdir(parents=True, exist_ok=True)
+            drop_log(result.out_dir)  # a log without its state belongs to no search here
             result.save()
     if result.complete and progress and result.candidates:
         tqdm.write(f"already complete: {result.summary()}")
@@ -144,7 +145,8 @@ def evolve(
         schemes = [space.scheme(lrs) for lrs, _ in proposals]
         start = time.perf_counter()
         desc = f"generation {g + 1}/{config.generations}"
-        log = None if result.out_dir is None else StageLog(fitness, result.out_dir, g)
+        this = {"config": {**config.to_dict(), "generations": None}, "identity": identity}
+        log = None if result.out_dir is None else StageLog(fitness, result.out_dir, g, this)
         scorer = fitness if log is None else log
         if config.racing:
             rows, raced = race(scorer, schemes, result.candidates, config, desc)
@@ -156,7 +158,7 @@ def evolve(
                     f"({len(schemes)}, n_episodes)"
                 )
             rows, raced = list(accuracies), np.zeros(len(schemes), dtype=bool)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + (0.0 if log is None else log.replayed_seconds)
         scores = np.array([fitness_of(row[None])[0] for row in rows])
         first = len(result.candidates)
         new = tuple(
