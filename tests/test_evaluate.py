@@ -373,26 +373,25 @@ def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
     assert offsets[:2] == [4, 8]  # the full fine-tune's blocks 2 and 3; block 1 was read back
     pd.testing.assert_frame_equal(resumed.rows, whole, check_exact=True)
     assert not list(tmp_path.glob("*.block*"))  # the strategies' files hold every episode
+
     # a block made with other settings (here another chunk size) is not read but redone; one
     # whose rows are not the episodes its record names is refused
-    for p in tmp_path.glob("5way_1shot_3query_full-fine-tune.*"):
-        p.unlink()
-    with pytest.raises(KeyboardInterrupt):
+    def full_finetune_stopped_after_its_first_block() -> None:
+        for p in tmp_path.glob("5way_1shot_3query_full-fine-tune.*"):
+            p.unlink()
         calls.clear()
         monkeypatch.setattr(harness, "_evaluate", stop_at_second_block)
-        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+        with pytest.raises(KeyboardInterrupt):
+            ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+
+    full_finetune_stopped_after_its_first_block()
     other = Runtime(progress=False, precision="fp32", chunk_size=4)
     offsets.clear()
     monkeypatch.setattr(harness, "_evaluate", record_offsets)
     again = ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, other, **run)
     assert offsets[:3] == [0, 4, 8]
     assert list(again.rows["episode"]) == list(whole["episode"])
-    for p in tmp_path.glob("5way_1shot_3query_full-fine-tune.*"):
-        p.unlink()
-    with pytest.raises(KeyboardInterrupt):
-        calls.clear()
-        monkeypatch.setattr(harness, "_evaluate", stop_at_second_block)
-        ev.evaluate_strategies(conv4, named, synthetic_test, episodes, quick, runtime, **run)
+    full_finetune_stopped_after_its_first_block()
     block = tmp_path / "5way_1shot_3query_full-fine-tune.block00000-00003.csv"
     rows = pd.read_csv(block)
     rows.loc[0, "episode"] = 7
