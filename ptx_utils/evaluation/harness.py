@@ -290,7 +290,7 @@ def _read_rows(path: Path) -> pd.DataFrame:
 #: multiple of every batch the engine forms across episodes there (SGD chunks of 32 replicas,
 #: attachment / SpotTune / CaSE / MAML chunks of 16, closed-form fits of 64 episodes), so a
 #: block trains and fits exactly the batches one call over every episode would.
-BLOCK_EPISODES = 192
+BLOCK_EPISODES = 64
 
 
 def _block_size(runtime: Runtime, n_episodes: int) -> int:
