@@ -69,7 +69,7 @@ _SEARCH: dict[str, dict[str, Any]] = {
 # synthetic default, at 20 the linear probe under-fits; 40 keeps the demo within 5 minutes),
 # smoke only checks that it runs.
 _FINETUNE: dict[str, dict[str, Any]] = {
-    "smoke": {"passes": 5},
+    "smoke": {"passes": 3},
     "demo": {"passes": 40},
     "paper": {"passes": 100},
 }
@@ -79,7 +79,7 @@ _FINETUNE: dict[str, dict[str, Any]] = {
 _SHIFT: dict[str, dict[str, Any]] = {
     "smoke": {
         "k_shot": 1,
-        "n_val_episodes": 2,
+        "n_val_episodes": 1,
         "n_test_episodes": 4,
         "search": {"population": 3, "generations": 2, "top_k": 2},
     },
@@ -100,7 +100,7 @@ _SHIFT: dict[str, dict[str, Any]] = {
 # Notebook 03's accuracy against the number of updates: one run per strategy on the first
 # n_episodes test episodes, scored after each of ``passes`` (the survey's 5 ... 200).
 _STEPS: dict[str, dict[str, Any]] = {
-    "smoke": {"passes": [0, 2, 5], "n_episodes": 2},
+    "smoke": {"passes": [0, 1, 3], "n_episodes": 2},
     "demo": {"passes": [0, 5, 10, 25, 40], "n_episodes": 3},
     "paper": {"passes": [0, 5, 10, 25, 50, 100, 200], "n_episodes": 100},
 }
@@ -110,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_COMMON,
         "strategy_set": "representative",
         "n_query": 5,
-        "n_val_episodes": 2,
+        "n_val_episodes": 1,
         "n_test_episodes": 6,
         "explore_episodes": 2,
     },
