@@ -29,12 +29,14 @@ from ptx_utils.finetuning import (
     FinetuneConfig,
     Scheme,
     Strategy,
+    batched,
     check_strategies,
     default_engine,
     place_episodes,
     replica_accuracies,
     replica_seed,
 )
+from ptx_utils.finetuning.chunking import CPU_CHUNK_SIZE
 from ptx_utils.models import Backbone
 
 
@@ -208,6 +210,17 @@ def strategy_checkpoint(checkpoint_dir: str | Path, episodes: Episodes, strategy
 _RESUME_KEYS = ("episodes_digest", "dataset_fingerprint", "seed", "finetune_config", "precision")
 
 
+def _settings(episodes: Episodes, cfg: FinetuneConfig, runtime: Runtime) -> dict[str, Any]:
+    """What saved rows must have been made with to be reused (:data:`_RESUME_KEYS`), JSON-ready."""
+    return {
+        "episodes_digest": episodes.digest(),
+        "dataset_fingerprint": episodes.dataset_fingerprint,
+        "seed": runtime.seed,
+        "finetune_config": json.loads(json.dumps(asdict(cfg))),
+        "precision": runtime.torch_precision(),
+    }
+
+
 def _evaluate_resumable(
     backbone: Backbone,
     strategies: dict[str, Strategy],
@@ -220,13 +233,7 @@ def _evaluate_resumable(
 ) -> Evaluation:
     """:func:`evaluate_strategies` one strategy at a time (those that train alike together),
     saving or reusing each one."""
-    expected = {
-        "episodes_digest": episodes.digest(),
-        "dataset_fingerprint": episodes.dataset_fingerprint,
-        "seed": runtime.seed,
-        "finetune_config": json.loads(json.dumps(asdict(cfg))),
-        "precision": runtime.torch_precision(),
-    }
+    expected = _settings(episodes, cfg, runtime)
     done: dict[str, tuple[pd.DataFrame, dict[str, Any]]] = {}
     for name, strategy in strategies.items():
         path = strategy_checkpoint(checkpoint_dir, episodes, name)
@@ -296,11 +303,9 @@ BLOCK_EPISODES = 64
 def _block_size(runtime: Runtime, n_episodes: int) -> int:
     """Episodes a block: :data:`BLOCK_EPISODES` (rounded up to a multiple of the runtime's chunk
     size and the closed-form batch); all of them on CUDA or Ray, whose chunks follow the call."""
-    from ptx_utils.finetuning import batched
-
     if runtime.where().kind != "local" or runtime.torch_device().type != "cpu":
         return max(1, n_episodes)
-    chunks = (runtime.chunk_size,) if runtime.chunk_size else (32, batched._CHUNK)
+    chunks = (runtime.chunk_size,) if runtime.chunk_size else (CPU_CHUNK_SIZE, batched._CHUNK)
     unit = math.lcm(*chunks, batched._CLOSED_FORM_EPISODES)
     return unit * -(-BLOCK_EPISODES // unit)
 
@@ -327,11 +332,7 @@ def _evaluate_in_blocks(
     size = _block_size(runtime, len(episodes))
     first = strategy_checkpoint(checkpoint_dir, episodes, next(iter(group)))
     made_with = {
-        "episodes_digest": episodes.digest(),
-        "dataset_fingerprint": episodes.dataset_fingerprint,
-        "seed": runtime.seed,
-        "finetune_config": asdict(cfg),
-        "precision": runtime.torch_precision(),
+        **_settings(episodes, cfg, runtime),
         "chunk_size": runtime.chunk_size,
         "strategies": {n: s.portable().to_dict() for n, s in group.items()},
     }
@@ -365,10 +366,7 @@ def _evaluate_in_blocks(
         engines.append(engine)
     if not parts:  # no episodes
         return _evaluate(backbone, group, dataset, episodes, cfg, runtime, engine)
-    order = {n: i for i, n in enumerate(group)}
-    rows = pd.concat(parts, ignore_index=True).sort_values(
-        ["strategy", "episode"], key=lambda c: c.map(order) if c.name == "strategy" else c,
-        kind="stable", ignore_index=True,
-    )  # fmt: skip
+    blocks = pd.concat(parts, ignore_index=True)  # block-major: strategy-major, as one call
+    rows = pd.concat([blocks[blocks["strategy"] == n] for n in group], ignore_index=True)
     device, engines_used = (", ".join(dict.fromkeys(v)) for v in (devices, engines))
     return Evaluation(rows, _meta(engines_used, device, runtime, episodes, dataset, cfg, group))

@@ -154,21 +154,18 @@ def paired_table(
     for key, group in groups:
         key = key if isinstance(key, tuple) else (key,)
         here = list(dict.fromkeys(group["strategy"]))
-        acc = group.pivot(index="episode", columns="strategy", values="_acc")
-        present = group.pivot(index="episode", columns="strategy", values="_row").notna()
+        columns = list(dict.fromkeys([*here, reference]))  # a reference absent here: all NaN
+        wide = {
+            v: group.pivot(index="episode", columns="strategy", values=v).reindex(columns=columns)
+            for v in ("_acc", "_row")
+        }
+        acc, present = wide["_acc"], wide["_row"].notna()
         wanted = [
             n for n in (here if strategies is None else strategies) if n in here and n != reference
         ]
         for name in wanted:
-            a = acc[name].to_numpy(np.float64)
-            b = (
-                acc[reference].to_numpy(np.float64)
-                if reference in here
-                else np.full_like(a, np.nan)
-            )
-            has_row = present[name].to_numpy() | (
-                present[reference].to_numpy() if reference in here else False
-            )
+            a, b = (acc[n].to_numpy(np.float64) for n in (name, reference))
+            has_row = (present[name] | present[reference]).to_numpy()
             usable = ~(np.isnan(a) | np.isnan(b))
             record: dict[str, Any] = {"strategy": name, "reference": reference}
             record.update(zip(setting, key, strict=True))

@@ -133,6 +133,7 @@ def evolve(
     if result.complete and progress and result.candidates:
         tqdm.write(f"already complete: {result.summary()}")
 
+    this = {"config": {**config.to_dict(), "generations": None}, "identity": identity}  # logs' tag
     while not result.complete:
         g = result.generations_done
         proposals = propose(space, config, result.candidates, g)
@@ -145,7 +146,6 @@ def evolve(
         schemes = [space.scheme(lrs) for lrs, _ in proposals]
         start = time.perf_counter()
         desc = f"generation {g + 1}/{config.generations}"
-        this = {"config": {**config.to_dict(), "generations": None}, "identity": identity}
         log = None if result.out_dir is None else StageLog(fitness, result.out_dir, g, this)
         scorer = fitness if log is None else log
         if config.racing:

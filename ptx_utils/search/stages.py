@@ -73,7 +73,7 @@ class StageLog:
 
     def clear(self) -> None:
         """Drop the log (its generation is in the state now)."""
-        self.path.unlink(missing_ok=True)
+        drop_log(self.path.parent)
 
 
 def drop_log(out_dir: Path) -> None:
