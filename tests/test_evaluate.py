@@ -333,7 +333,7 @@ def test_a_strategy_stopped_between_blocks_resumes_from_its_last_block(
     from ptx_utils.finetuning import batched, fixed
 
     monkeypatch.setattr(harness, "BLOCK_EPISODES", 4)
-    monkeypatch.setattr(batched, "_CLOSED_FORM_EPISODES", 2)  # blocks of 4 = two of its fits
+    monkeypatch.setattr(batched, "CLOSED_FORM_EPISODES", 2)  # blocks of 4 = two of its fits
     episodes = sample_episodes(synthetic_test, 5, 1, 3, 10, seed=4)
     quick = FinetuneConfig(passes=2)
     runtime = Runtime(progress=False, precision="fp32", chunk_size=2)

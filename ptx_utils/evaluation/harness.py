@@ -305,8 +305,9 @@ def _block_size(runtime: Runtime, n_episodes: int) -> int:
     size and the closed-form batch); all of them on CUDA or Ray, whose chunks follow the call."""
     if runtime.where().kind != "local" or runtime.torch_device().type != "cpu":
         return max(1, n_episodes)
-    chunks = (runtime.chunk_size,) if runtime.chunk_size else (CPU_CHUNK_SIZE, batched._CHUNK)
-    unit = math.lcm(*chunks, batched._CLOSED_FORM_EPISODES)
+    default = (CPU_CHUNK_SIZE, batched.ATTACHMENT_CHUNK)
+    chunks = (runtime.chunk_size,) if runtime.chunk_size else default
+    unit = math.lcm(*chunks, batched.CLOSED_FORM_EPISODES)
     return unit * -(-BLOCK_EPISODES // unit)
 
 

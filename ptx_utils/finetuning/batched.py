@@ -144,7 +144,7 @@ def finetune_batched(
                     backbone, group, support_images, support_labels, query_images, n_way,
                     protocol, variant, vectorize, points,
                 )  # fmt: skip
-                out, div = _run_in_chunks(group, chunk_size or _CHUNK, bar, run)
+                out, div = _run_in_chunks(group, chunk_size or ATTACHMENT_CHUNK, bar, run)
             elif variant.path == "closed-form":
                 out, div = _run_closed_form(
                     backbone, group, support_images, support_labels, query_images, n_way,
@@ -206,7 +206,7 @@ def chunk_plan(
             plan.append(members)
         elif variant.path in _CHUNKED:
             order = sorted(range(len(group)), key=lambda i: (group[i].episode, group[i].seed, i))
-            size = chunk_size or _CHUNK
+            size = chunk_size or ATTACHMENT_CHUNK
             plan += [[members[i] for i in order[p : p + size]] for p in range(0, len(order), size)]
         else:
             names = backbone.layer_names()
@@ -223,7 +223,7 @@ def chunk_plan(
 # -- attachments (TSA, LT+NCC) ------------------------------------------------------------------
 
 #: Replicas an attachment, SpotTune, CaSE or MAML chunk trains at once when ``chunk_size`` is None.
-_CHUNK = 16
+ATTACHMENT_CHUNK = 16
 
 #: The paths trained chunk by chunk by their own engine (:func:`_chunk_runner`).
 _CHUNKED = ("attachments", "spottune", "case", "maml")
@@ -299,7 +299,7 @@ def _chunk_runner(
 # -- closed-form strategies ---------------------------------------------------------------------
 
 #: Episodes whose features a closed-form group holds at once.
-_CLOSED_FORM_EPISODES = 64
+CLOSED_FORM_EPISODES = 64
 
 
 def _run_closed_form(
@@ -319,8 +319,8 @@ def _run_closed_form(
     model = copy.deepcopy(backbone).to(memory_format=memory_format(precision)).eval()
     episodes = sorted({r.episode for r in replicas})
     per_episode: dict[int, torch.Tensor] = {}
-    for pos in range(0, len(episodes), _CLOSED_FORM_EPISODES):
-        chunk = episodes[pos : pos + _CLOSED_FORM_EPISODES]
+    for pos in range(0, len(episodes), CLOSED_FORM_EPISODES):
+        chunk = episodes[pos : pos + CLOSED_FORM_EPISODES]
         s_feats, q_feats = frozen_features(
             model, chunk, support_images, query_images, variant.bn_stats, precision
         )
