@@ -8,17 +8,19 @@ An entry is a script and its arguments (``name``, the ``issues`` it answers, ``w
 measures). Every script it runs is resumable in its ``--work`` folder, so a run stopped anywhere
 continues where it was; the entry is done when its ``--out`` JSON holds a result for every
 (target, shot) it asks for. Runs go one after another in one process tree: two torch jobs on
-this project's 2 cores slow each other about tenfold.
+this project's 2 cores slow each other about tenfold, and two runs of one entry would write the
+same work folder, so a second ``--run`` on the same queue file stops at once with an error.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 QUEUE = ROOT / "benchmarks" / "survey_queue.json"
@@ -73,6 +75,34 @@ def run(entry: dict[str, Any], root: Path = ROOT) -> int:
     return subprocess.call([sys.executable, entry["script"], *entry["args"]], cwd=root)
 
 
+def run_all(chosen: list[dict[str, Any]], *, everything: bool) -> int:
+    """Each entry of ``chosen`` in turn (with ``everything``, those done are skipped); the first
+    non-zero exit status stops the queue."""
+    for e in chosen:
+        if status(e) == "done" and everything:
+            continue
+        code = run(e)
+        if code:
+            print(f"{e['name']} stopped with exit status {code}; the queue stops here", flush=True)
+            return code
+    return 0
+
+
+def hold(queue: Path) -> IO[bytes]:
+    """An exclusive lock on ``queue`` (the file itself, nothing written), held while the returned
+    file stays open; a :class:`RuntimeError` when another ``--run`` holds it."""
+    handle = queue.open("rb")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(
+            f"another `survey_queue.py --run` is running on {queue} (it holds its lock); "
+            "wait for it to end, or stop it (`pgrep -af survey_queue`) before starting again"
+        ) from None
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -90,14 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         names = ", ".join(e["name"] for e in entries)
         p.error(f"no entry {args.run!r} in {args.queue}; entries: {names}")
-    for e in chosen:
-        if status(e) == "done" and args.run == "*":
-            continue
-        code = run(e)
-        if code:
-            print(f"{e['name']} stopped with exit status {code}; the queue stops here", flush=True)
-            return code
-    return 0
+    try:
+        lock = hold(args.queue)
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 1
+    with lock:
+        return run_all(chosen, everything=args.run == "*")
 
 
 if __name__ == "__main__":

@@ -193,3 +193,18 @@ def test_the_survey_queue_holds_commands_the_survey_accepts(
     twice.write_text(json.dumps([entries[0], entries[0]]))
     with pytest.raises(ValueError, match="two entries share a name"):
         queue.load_queue(twice)
+
+
+def test_a_second_queue_run_stops_while_one_holds_the_queue(
+    repo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ``--run`` on one queue file would write the same work folders: the second stops with
+    exit status 1 and says why, before it runs anything; the lock goes with the first."""
+    queue = _script(repo_root, "survey_queue")
+    path = tmp_path / "queue.json"
+    path.write_text(json.dumps(queue.load_queue()[:1]))
+    with queue.hold(path):
+        assert queue.main(["--run", "--queue", str(path)]) == 1
+        assert "another `survey_queue.py --run` is running" in capsys.readouterr().err
+    with queue.hold(path):  # released: it can be taken again
+        pass
