@@ -481,6 +481,17 @@ def test_paired_table_uses_only_episodes_where_neither_diverged() -> None:
         ev.paired_table(_constructed_rows(), reference="B", strategies=["D"])
 
 
+def test_tables_read_rows_concatenated_from_several_files() -> None:
+    """One CSV per strategy, concatenated without ``ignore_index``: the repeated index labels
+    change nothing."""
+    rows = _constructed_rows()
+    a, b = (rows[rows["strategy"] == s].reset_index(drop=True) for s in "AB")
+    stacked = pd.concat([a, b])
+    assert stacked.index.duplicated().any()
+    pd.testing.assert_frame_equal(ev.summary_table(stacked), ev.summary_table(rows))
+    pd.testing.assert_frame_equal(ev.paired_table(stacked, "B"), ev.paired_table(rows, "B"))
+
+
 def test_tables_separate_episode_settings() -> None:
     one = _constructed_rows().assign(n_way=5, k_shot=1, n_query=15)
     five = _constructed_rows().assign(n_way=5, k_shot=5, n_query=15)

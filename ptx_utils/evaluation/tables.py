@@ -99,6 +99,7 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         :data:`SUMMARY_COLUMNS` (those of the settings present in ``rows``).
     """
     _check_rows(rows, ("strategy", "episode", "accuracy"))
+    rows = rows.reset_index(drop=True)  # frames concatenated from several CSVs repeat labels
     setting = _setting_keys(rows)
     failed = _failed(rows)
     out = []
