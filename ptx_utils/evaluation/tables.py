@@ -99,12 +99,10 @@ def summary_table(rows: pd.DataFrame) -> pd.DataFrame:
         :data:`SUMMARY_COLUMNS` (those of the settings present in ``rows``).
     """
     _check_rows(rows, ("strategy", "episode", "accuracy"))
-    rows = rows.reset_index(drop=True)  # frames concatenated from several CSVs repeat labels
     setting = _setting_keys(rows)
-    failed = _failed(rows)
     out = []
     for key, group in rows.groupby(["strategy", *setting], sort=False):
-        fail = failed.loc[group.index].to_numpy()
+        fail = _failed(group).to_numpy()  # from the group: no index labels shared across frames
         acc = group["accuracy"].to_numpy(dtype=np.float64)
         ok = summarize(np.where(fail, math.nan, acc))
         as_zero = summarize(np.where(fail, 0.0, acc))
