@@ -107,9 +107,11 @@ def spottune_section(
     protocol: FinetuneConfig,
     runtime: Runtime,
     n_routing: int,
+    routing_dir: Path,
 ) -> dict[str, Any]:
     """SpotTune beside the searched scheme and the strongest fixed strategy (neither searched nor
-    SpotTune); routing per block on the first ``n_routing`` test episodes; cost per replica."""
+    SpotTune); routing per block on the first ``n_routing`` test episodes (resumable, saved in
+    ``routing_dir``); cost per replica."""
     spot = {n: s for n, s in strategies.items() if s.path == "spottune"}
     summary = summary_table(rows).set_index("strategy")
     fixed = summary[[not (n.startswith("searched") or n in spot) for n in summary.index]]
@@ -126,7 +128,9 @@ def spottune_section(
         }  # fmt: skip
     if n_routing:
         sub = test_eps[:n_routing]
-        routing = spottune_routing(model, spot, test, sub, protocol, runtime)
+        routing = spottune_routing(
+            model, spot, test, sub, protocol, runtime, checkpoint_dir=routing_dir
+        )
         harness = rows[rows["episode"] < n_routing].set_index(["strategy", "episode"])["accuracy"]
         mine = routing.groupby(["strategy", "episode"])["accuracy"].first()
         gap = (mine - harness.reindex(mine.index)).abs().max()
@@ -465,6 +469,7 @@ def main(argv: list[str] | None = None) -> None:
                                 protocol,
                                 runtime,
                                 min(args.routing, len(test_eps)),
+                                work / f"routing-{slug}-{shot}shot",
                             )
                         }
                         if any(s.path == "spottune" for s in strategies.values())

@@ -3,6 +3,7 @@ straight-through gradient, and the forced gates' limits (linear probe, full fine
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -207,6 +208,42 @@ def test_harness_trains_the_inference_pair_once_and_routing_matches(
     assert len(table) == 8 and table["mean"].between(0, 1).all()
     with pytest.raises(ValueError, match="not a SpotTune strategy"):
         spottune_routing(conv4, {"lp": linear_probe(4)}, synthetic_test, eps, CFG, runtime)
+
+
+def test_routing_resumes_from_saved_chunks(conv4, synthetic_test, tmp_path, monkeypatch) -> None:
+    from ptx_utils.core.runtime import Runtime
+    from ptx_utils.evaluation import routing as routing_module
+
+    monkeypatch.setattr(routing_module, "ROUTING_CHUNK", 2)
+    eps = sample_episodes(synthetic_test, 5, 1, 3, 3, seed=1)
+    spot = {"SpotTune": spottune(4), "SpotTune (argmax)": spottune(4, inference="argmax")}
+    runtime = Runtime(progress=False)
+    plain = routing_module.spottune_routing(conv4, spot, synthetic_test, eps, CFG, runtime)
+    saved = routing_module.spottune_routing(
+        conv4, spot, synthetic_test, eps, CFG, runtime, checkpoint_dir=tmp_path
+    )
+    assert len(list(tmp_path.glob("routing-*.json"))) == 2  # one pair, chunks 0-1 and 2
+    calls = []
+    route = routing_module._route_chunk
+    monkeypatch.setattr(
+        routing_module, "_route_chunk", lambda *a, **k: calls.append(a[3]) or route(*a, **k)
+    )
+    next(tmp_path.glob("routing-*.00002-00002.json")).unlink()  # interrupted before that save
+    resumed = routing_module.spottune_routing(
+        conv4, spot, synthetic_test, eps, CFG, runtime, checkpoint_dir=tmp_path
+    )
+    assert calls == [[2]]  # only the unsaved chunk trained again
+    assert list(dict.fromkeys(plain["strategy"])) == list(spot)
+    assert (plain["episode"].groupby(plain["strategy"]).is_monotonic_increasing).all()
+    for rows in (saved, resumed):
+        pd.testing.assert_frame_equal(
+            rows.drop(columns="seconds"), plain.drop(columns="seconds"), check_exact=False
+        )
+    other = Runtime(progress=False, seed=1)  # other settings: nothing reused
+    routing_module.spottune_routing(
+        conv4, spot, synthetic_test, eps, CFG, other, checkpoint_dir=tmp_path
+    )
+    assert calls == [[2], [0, 1], [2]]
 
 
 def test_meta_trained_policy_resumes_exactly_and_loads(

@@ -255,7 +255,10 @@ def run_domain_shift(
         spot = {n: s for n, s in strategies.items() if s.path == "spottune"}
         if spot and routing_episodes:
             sub = test_episodes[: min(routing_episodes, len(test_episodes))]
-            routed = spottune_routing(backbone, spot, target.test, sub, cfg, runtime)
+            routed = spottune_routing(
+                backbone, spot, target.test, sub, cfg, runtime,
+                checkpoint_dir=Path(run_dir) / "shift" / target.slug / "routing",
+            )  # fmt: skip
             where = {"target": target.label, "order": target.order, "shift": target.shift}
             routings.append(routing_summary(routed).assign(**where))
         rows.insert(0, "shift", target.shift)
