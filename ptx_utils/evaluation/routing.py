@@ -31,6 +31,7 @@ from ptx_utils.models import Backbone
 #: Episodes one call of the batched SpotTune trains at once.
 ROUTING_CHUNK = 16
 
+#: The columns of :func:`spottune_routing`'s rows.
 COLUMNS = ["strategy", "episode", "block", "layers", "tuned_fraction", "accuracy", "seconds"]
 
 
@@ -160,10 +161,12 @@ def _route_chunk(
 
 
 def _chunk_path(checkpoint_dir: Path, names: list[str], eps: list[int]) -> Path:
+    """Where the chunk of strategies ``names`` on episodes ``eps`` is saved."""
     return checkpoint_dir / f"routing-{slug(' '.join(names))}.{eps[0]:05d}-{eps[-1]:05d}.csv"
 
 
 def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples as lists, other values as text)."""
     return json.loads(json.dumps(obj, default=str))
 
 
