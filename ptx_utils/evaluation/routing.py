@@ -100,6 +100,7 @@ def spottune_routing(
                     "strategies": {n: strategies[n].portable().to_dict() for n in names},
                     "episodes": [eps[0], eps[-1] + 1],
                 }
+                asked = json.loads(json.dumps(asked, default=str))  # as it reads back
                 chunk = _saved_chunk(checkpoint_dir, names, eps, asked)
                 if chunk is None:
                     chunk = _route_chunk(
@@ -110,7 +111,7 @@ def spottune_routing(
                         path = _chunk_path(Path(checkpoint_dir), names, eps)
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_text(path, chunk.to_csv(index=False))
-                        atomic_write_json(path.with_suffix(".json"), _jsonable(asked))
+                        atomic_write_json(path.with_suffix(".json"), asked)
                 frames.append(chunk)
                 bar.update(len(eps) * len(names))
     finally:
@@ -165,11 +166,6 @@ def _chunk_path(checkpoint_dir: Path, names: list[str], eps: list[int]) -> Path:
     return checkpoint_dir / f"routing-{slug(' '.join(names))}.{eps[0]:05d}-{eps[-1]:05d}.csv"
 
 
-def _jsonable(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples as lists, other values as text)."""
-    return json.loads(json.dumps(obj, default=str))
-
-
 def _saved_chunk(
     checkpoint_dir: str | Path | None, names: list[str], eps: list[int], asked: dict[str, Any]
 ) -> pd.DataFrame | None:
@@ -178,7 +174,7 @@ def _saved_chunk(
         return None
     path = _chunk_path(Path(checkpoint_dir), names, eps)
     record = path.with_suffix(".json")
-    if not record.is_file() or json.loads(record.read_text()) != _jsonable(asked):
+    if not record.is_file() or json.loads(record.read_text()) != asked:
         return None
     rows = pd.read_csv(path, dtype={"strategy": str, "layers": str})
     expected = [(n, e) for n in names for e in eps]
