@@ -93,6 +93,31 @@ def test_spottune_vmap_loop_augment_and_record(conv4, tiny_episodes, vectorize) 
     torch.testing.assert_close(rec.recorded[0], seq.recorded, **TOL)
 
 
+def test_auto_loops_on_large_cpu_images(monkeypatch) -> None:
+    """``vectorize="auto"`` decides on the copies' own convolution weights (4-d), not on the
+    replicas stacked on them: at >= 40 x 40 pixels on a CPU it loops, as the other engine."""
+    import ptx_utils.finetuning.spottune_batched as engine
+
+    chose: list[bool] = []
+
+    def spy(*args):
+        chose.append(engine_loop(*args))
+        return chose[-1]
+
+    engine_loop = engine.loop_replicas
+    monkeypatch.setattr(engine, "loop_replicas", spy)
+    backbone = create_backbone("conv4", in_channels=1, image_size=40).eval()
+    gen = torch.Generator().manual_seed(0)
+    support = torch.randint(0, 255, (1, 5, 1, 40, 40), generator=gen, dtype=torch.uint8)
+    query = torch.randint(0, 255, (1, 5, 1, 40, 40), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(5)[None]
+    cfg = FinetuneConfig(passes=1)
+    out, _, _ = spottune_batched(backbone, [spottune(4)], [0], [3], support, labels, query, 5, cfg)
+    assert chose == [True]
+    ref = spottune_sequential(backbone, spottune(4), support[0], labels[0], query[0], 5, cfg, 3)
+    torch.testing.assert_close(out[0], ref[0], **TOL)
+
+
 def test_inference_modes_share_training_and_report_decisions(conv4, tiny_episodes) -> None:
     eb = tiny_episodes[1]
     pair = [spottune(4), spottune(4, inference="argmax")]

@@ -381,14 +381,14 @@ def _run_chunk(
     single = grad_and_value(loss_fn, has_aux=True)
     pixels = q_in.shape[-1] * q_in.shape[-2] if q_in.ndim == 5 else 0
     loop = loop_replicas(engine.vectorize, dev, [params[name] for name in trained], pixels)
-    step_fn = per_replica(single) if loop else vmap(single, in_dims=(0, 0, 0, 0, 0))
+    step_fn = per_replica(single, channels_last=True) if loop else vmap(single)
 
     batches = torch.stack([p.batches for p in plans]).to(dev)  # (n, steps, batch)
     n_steps = batches.shape[1]
     alive = torch.ones(n, dtype=torch.bool, device=dev)
     momentum_buf: dict[str, torch.Tensor] = {}
     aug = Augmentation()
-    forward = per_replica(run) if loop else vmap(run, in_dims=(0, 0, 0))
+    forward = per_replica(run, channels_last=True) if loop else vmap(run)
 
     def query_logits() -> torch.Tensor:
         with torch.no_grad():

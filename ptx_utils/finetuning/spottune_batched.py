@@ -95,11 +95,11 @@ def spottune_batched(
         return functional_call(net, tp, (x, noise))
 
     pixels = x_q.shape[-1] * x_q.shape[-2]
-    loop = loop_replicas(
-        vectorize, dev, [t for k, t in tp.items() if k.startswith("tuned")], pixels
-    )
-    step_fn = per_replica(grad_and_value(loss_fn)) if loop else vmap(grad_and_value(loss_fn))
-    forward = per_replica(predict) if loop else vmap(predict)
+    copies = [params[k] for k in groups if k.startswith("tuned")]  # a module's, not stacked
+    loop = loop_replicas(vectorize, dev, copies, pixels)
+    single = grad_and_value(loss_fn)
+    step_fn = per_replica(single, channels_last=True) if loop else vmap(single)
+    forward = per_replica(predict, channels_last=True) if loop else vmap(predict)
     zeros = torch.zeros(n, x_q.shape[1], net.n_blocks, 2, device=dev)
     sampled = torch.stack(
         [gumbel_noise(zeros.shape[1:], inference_generator(seeds[i])) for i in first]
