@@ -130,7 +130,8 @@ def routing_figure(records: list[dict[str, Any]], shot: int, stem: Path) -> list
             if result["k_shot"] != shot or not routing:
                 continue
             label = target_label(record, result)
-            summaries[label] = pd.DataFrame(routing["per_block"])
+            frame = pd.DataFrame(routing["per_block"])  # runs on one target add strategies
+            summaries[label] = pd.concat([summaries[label], frame]) if label in summaries else frame
             searched[label] = [float(x) for x in result["searched_scheme"].split(" | ")[0].split()]
     if not summaries:
         raise SystemExit(f"no SpotTune routing at {shot}-shot in the given JSON files")

@@ -25,7 +25,9 @@ def _script(repo_root: Path, name: str) -> ModuleType:
 
 
 @pytest.mark.slow
-def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
+def test_survey_on_the_synthetic_dial(
+    repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "survey.json"
     args = [
         "--dataset", "synthetic", "--shift-levels", "0", "--shots", "1",
@@ -65,6 +67,20 @@ def test_survey_on_the_synthetic_dial(repo_root: Path, tmp_path: Path) -> None:
     stem = tmp_path / "figures" / "routing"
     paths = _script(repo_root, "survey_table").routing_figure([record], 1, stem)
     assert [p.suffix for p in paths] == [".pdf", ".png"] and all(p.stat().st_size for p in paths)
+    # a second run on the same target adds its strategies to that target's panels
+    second = json.loads(json.dumps(record))
+    for row in second["results"][0]["spottune"]["routing"]["per_block"]:
+        row["strategy"] += " (run 2)"
+    drawn: dict = {}
+    monkeypatch.setattr(
+        "ptx_utils.plots.routing.routing_figure", lambda s, *a, **k: drawn.update(s)
+    )
+    monkeypatch.setattr("ptx_utils.plots.common.save_figure", lambda fig, stem: [])
+    _script(repo_root, "survey_table").routing_figure([record, second], 1, stem)
+    (both,) = drawn.values()
+    assert set(both["strategy"]) == set(spot["strategies"]) | {
+        f"{n} (run 2)" for n in spot["strategies"]
+    }
     # the same backbone (its finished pre-training copied) and episodes, every head the SGD
     # trains starting at the prototypes: a search of its own, paired with the first run
     proto, work2 = tmp_path / "proto.json", tmp_path / "work2"
