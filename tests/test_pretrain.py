@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,43 @@ def test_feature_norm_freezes_bn_affine_and_tracks_statistics(
     # a resumed run of a checkpoint written before the setting existed reads it as False
     del plain["meta"]["config"]["feature_norm"]
     assert PretrainConfig.from_dict(plain["meta"]["config"]).feature_norm is False
+
+
+def test_protonet_temperature_divides_the_training_logits(
+    tiny: tuple[FewShotDataset, FewShotDataset], tmp_path: Path
+) -> None:
+    """The first episode's recorded loss is the cross-entropy of −‖q − c‖² / temperature on the
+    run's initial weights (no augmentation, so the inputs are known)."""
+    from ptx_utils.data.augment import normalize
+    from ptx_utils.models.features import centroid_logits
+
+    train, val = tiny
+    kw = {"method": "protonet", "epochs": 1, "episodes_per_epoch": 1, "train_shot": 2}
+    kw |= {"train_query": 3, "crop": False, "flip": False, "jitter": 0.0}
+    for temperature in (1.0, 8.0):
+        cfg = _cfg(**kw, temperature=temperature)
+        result = pretrain(cfg, train, val, tmp_path / str(temperature))
+        episode = sample_episodes(train, 5, 2, 3, 1, seed=cfg.seed * 100_003)
+        idx = torch.from_numpy(
+            np.concatenate([episode.support[0].ravel(), episode.query[0].ravel()])
+        )
+        torch.manual_seed(cfg.seed)
+        backbone = create_backbone("conv4", in_channels=train.channels, image_size=16).train()
+        with torch.no_grad():
+            feats = backbone(normalize(train.images[idx]))
+        logits = centroid_logits(feats[:10].reshape(1, 5, 2, -1), feats[None, 10:])[0]
+        truth = torch.arange(5).repeat_interleave(3)
+        expected = torch.nn.functional.cross_entropy(logits / temperature, truth).item()
+        assert result.history[0]["train_loss"] == pytest.approx(expected, rel=1e-5)
+    assert load_checkpoint(tmp_path / "8.0" / "last.pt")["meta"]["config"]["temperature"] == 8.0
+    with pytest.raises(CheckpointError, match="another configuration"):
+        pretrain(_cfg(**{**kw, "epochs": 2}, temperature=2.0), train, val, tmp_path / "8.0")
+
+
+def test_temperature_is_protonets_and_positive() -> None:
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        PretrainConfig(method="protonet", temperature=0.0)
+    with pytest.raises(ValueError, match="method 'baseline\\+\\+' has none: leave it at 1"):
+        PretrainConfig(method="baseline++", temperature=64.0)
+    old = {k: v for k, v in vars(PretrainConfig(method="protonet")).items() if k != "temperature"}
+    assert PretrainConfig.from_dict(old).temperature == 1.0  # checkpoints from before the option

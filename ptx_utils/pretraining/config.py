@@ -21,6 +21,7 @@ ADDED_DEFAULTS: dict[str, Any] = {
     "second_order": False,
     "meta_batch": 4,
     "vectorize": "auto",
+    "temperature": 1.0,
 }
 
 
@@ -36,6 +37,9 @@ class PretrainConfig:
         crop, flip, jitter: training augmentation (:class:`~ptx_utils.data.augment.Augmentation`).
         train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's and MAML's
             training episodes.
+        temperature: ProtoNet's training logits are −‖query − centroid‖² / temperature (1: Snell
+            et al. and CloserLook; FEAT's code divides by one, 64 in its ConvNet scripts). The
+            argmax, hence validation and nearest-centroid use, does not depend on it.
         inner_steps, inner_lr, second_order, meta_batch: MAML's inner loop (full-batch SGD on
             the support set) and the tasks per outer Adam step (CloserLook: 5 steps at 0.01,
             4 tasks, first-order); ``vectorize``: the tasks under ``vmap`` or in a loop
@@ -80,6 +84,7 @@ class PretrainConfig:
     second_order: bool = False
     meta_batch: int = 4
     vectorize: str = "auto"
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -92,6 +97,13 @@ class PretrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.vectorize not in VECTORIZE:
             raise ValueError(f"vectorize must be one of {VECTORIZE}, got {self.vectorize!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature != 1.0 and self.method != "protonet":
+            raise ValueError(
+                f"temperature scales ProtoNet's training logits; method {self.method!r} has "
+                "none: leave it at 1"
+            )
         if self.method == "maml":
             self._check_maml()
 

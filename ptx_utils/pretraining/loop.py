@@ -148,6 +148,7 @@ class _Trainer:
                 feats = self.backbone(self._input(idx)).float()
             support = feats[: c.train_way * c.train_shot].reshape(1, c.train_way, c.train_shot, -1)
             logits = centroid_logits(support, feats[None, c.train_way * c.train_shot :])[0]
+            logits = logits / c.temperature
             loss = F.cross_entropy(logits, truth)
             self._step(loss)
             total_loss += loss.item()
