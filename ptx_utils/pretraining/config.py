@@ -38,8 +38,9 @@ class PretrainConfig:
         train_way, train_shot, train_query, episodes_per_epoch: ProtoNet's and MAML's
             training episodes.
         temperature: ProtoNet's training logits are −‖query − centroid‖² / temperature (1: Snell
-            et al. and CloserLook; FEAT's code divides by one, 64 in its ConvNet scripts). The
-            argmax, hence validation and nearest-centroid use, does not depend on it.
+            et al. and CloserLook; FEAT's code divides by one, and ConvNet scripts on
+            mini-ImageNet built on it pass 64). The argmax, hence validation and
+            nearest-centroid use, does not depend on it.
         inner_steps, inner_lr, second_order, meta_batch: MAML's inner loop (full-batch SGD on
             the support set) and the tasks per outer Adam step (CloserLook: 5 steps at 0.01,
             4 tasks, first-order); ``vectorize``: the tasks under ``vmap`` or in a loop
